@@ -1,0 +1,230 @@
+"""Run-config validation: every documented error names its field; valid configs round-trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workbench.algo import FALLBACKS, STABILITY_WEIGHTS
+from workbench.config import ConfigError, RunConfig, load_config, parse_config
+from workbench.methods import METHODS
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = sorted((REPO / "experiments" / "runs").glob("*.yaml"))
+
+SPEC_GRID = {
+    "sft", "seqkd", "gkd", "opd", "exopd-1.25", "exopd-1.25-single-source", "exopd-1.8",
+    "exopd-1.25-interp-all", "gate-1.8-pass", "gate-1.5", "gate-1.8-shrink", "gate-1.5-preserve",
+    "pts-30-35", "pts-50-70", "pts-40-45", "pts-60-65", "pts-60-80", "pts-50-70-ratio2", "sgopd",
+    "sgopd-1.5", "timesep-stage1", "timesep-1.5", "timesep-1.8", "probe-two-level", "probe-grpo-fallback",
+}
+
+
+def err(data) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(data)
+    return str(e.value)
+
+
+def test_defaults_are_the_sgopd_recipe():
+    c = parse_config({})
+    assert c.method == "sgopd" and c.gate.sign_gate and c.pts.enabled
+    assert (c.gate.lambda_base, c.gate.lambda_high, c.gate.disagree_mode, c.gate.disagree_interp_beta) == (
+        1.25, 1.8, "interp", 0.5)
+    assert (c.stability.mode, c.stability.clip) == ("phi", 2.0)
+    assert (c.pts.teacher_sampling_ratio, c.pts.phase1_end_frac, c.pts.phase2_end_frac) == (0.125, 0.30, 0.35)
+    assert (c.pts.alpha0, c.pts.alpha1, c.pts.filter_correct) == (1.0, 0.1, True)
+    assert (c.optim.eps_low, c.optim.eps_high, c.rollout.group_size) == (0.2, 0.2, 8)
+
+
+def test_config_is_frozen():
+    c = parse_config({})
+    with pytest.raises(Exception):
+        c.gate.lambda_high = 3.0  # type: ignore[misc]
+    with pytest.raises(Exception):
+        c.method = "opd"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "method, expect",
+    [
+        ("opd", {"gate.sign_gate": False, "gate.lambda_base": 1.0, "stability.mode": "none", "pts.enabled": False}),
+        ("exopd", {"gate.sign_gate": False, "gate.lambda_base": 1.25, "stability.mode": "none"}),
+        ("sgopd", {"gate.sign_gate": True, "stability.mode": "phi", "pts.enabled": True}),
+        ("sft", {"pts.enabled": False, "sft.teacher_decoding": "sample"}),
+        ("seqkd", {"sft.teacher_decoding": "greedy"}),
+    ],
+)
+def test_method_defaults(method, expect):
+    c = parse_config({"method": method})
+    for dotted, value in expect.items():
+        assert c.get(dotted) == value, dotted
+
+
+def test_file_values_override_method_defaults():
+    c = parse_config({"method": "opd", "pts": {"enabled": True}, "stability": {"mode": "phi"}})
+    assert c.pts.enabled and c.stability.mode == "phi" and not c.gate.sign_gate
+
+
+@pytest.mark.parametrize(
+    "data, field, words",
+    [
+        ({"method": "nope"}, "method", ["sgopd", "opd", "gkd"]),
+        ({"gate": {"disagree_mode": "nope"}}, "gate.disagree_mode", list(FALLBACKS.names())),
+        ({"stability": {"mode": "nope"}}, "stability.mode", list(STABILITY_WEIGHTS.names())),
+        ({"backend": "nope"}, "backend", ["mini", "verl"]),
+        ({"pts": {"phase1_end_frac": 0.5, "phase2_end_frac": 0.4}}, "phase1_end_frac", ["phase2_end_frac"]),
+        ({"pts": {"phase1_end_frac": 0.35, "phase2_end_frac": 0.35}}, "phase1_end_frac", []),
+        ({"pts": {"phase2_end_frac": 1.2}}, "pts.phase2_end_frac", []),
+        ({"pts": {"teacher_sampling_ratio": 0}}, "pts.teacher_sampling_ratio", []),
+        ({"gate": {"disagree_interp_beta": -0.1}}, "gate.disagree_interp_beta", []),
+        ({"gate": {"lambda_high": 0}}, "gate.lambda_high", []),
+        ({"gate": {"lambda_base": -1.0}}, "gate.lambda_base", []),
+        ({"eval": {"k": 0}}, "eval.k", []),
+        ({"eval": {"k": 16, "n_samples": 8}}, "k (16) must be <= n_samples (8)", []),
+        ({"gate": {"typo": 1}}, "gate.typo", ["unknown key", "lambda_high"]),
+        ({"typo": 1}, "typo", ["unknown key", "gate"]),
+        ({"method": "opd", "gate": {"sign_gate": True}}, "gate.sign_gate", ["opd"]),
+        ({"method": "opd", "gate": {"lambda_base": 1.25}}, "gate.lambda_base", ["opd"]),
+        ({"method": "exopd", "gate": {"lambda_base": 1.0}}, "gate.lambda_base", ["exopd"]),
+        ({"method": "sft", "pts": {"enabled": True}}, "pts.enabled", ["sft"]),
+        ({"gate": {"cell_beta_pos_neg": 0.5}}, "cell_beta_pos_neg", ["gate_levels"]),
+        ({"gate": {"gate_levels": 3}}, "gate.gate_levels", []),
+        ({"optim": {"warmup_steps": 500}, "train": {"steps": 100}}, "optim.warmup_steps", []),
+        ({"rollout": {"group_size": 0}}, "rollout.group_size", []),
+    ],
+)
+def test_bad_configs_name_the_field(data, field, words):
+    msg = err(data)
+    assert field in msg
+    for w in words:
+        assert w in msg
+
+
+def test_load_config_from_yaml_and_overrides(tmp_path):
+    p = tmp_path / "run.yaml"
+    p.write_text("method: exopd\ngate: {lambda_base: 1.5}\n")
+    c = load_config(p, ["gate.lambda_base=1.8", "seed=3"])
+    assert (c.method, c.gate.lambda_base, c.seed) == ("exopd", 1.8, 3)
+    p.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    p.write_text("gate: {lambda_high: [\n")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(p)
+    p.write_text("{}\n")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(p, ["novalue"])
+
+
+def test_grid_configs_cover_spec_and_validate():
+    names = {p.stem for p in GRID}
+    assert SPEC_GRID <= names, SPEC_GRID - names
+    assert "pts-30-35-nofilter" in names
+    for p in GRID:
+        c = load_config(p)
+        assert c.name == p.stem
+        # YAML lists only differences from the defaults: resolving its own diff is identity.
+        assert parse_config(c.diff_from_defaults() | {"name": c.name, "group": c.group}) == c
+
+
+def test_grid_semantics():
+    g = {p.stem: load_config(p) for p in GRID}
+    assert g["opd"].gate.lambda_base == 1.0 and not g["opd"].gate.sign_gate
+    assert g["exopd-1.8"].gate.lambda_base == 1.8 and g["exopd-1.8"].stability.mode == "none"
+    assert g["exopd-1.25-interp-all"].gate.gate_all_tokens_as == "conflict"
+    assert g["gate-1.8-pass"].gate.disagree_interp_beta == 1.0 and not g["gate-1.8-pass"].pts.enabled
+    assert g["gate-1.5-preserve"].gate.disagree_mode == "preserve"
+    assert g["pts-30-35"].method == "opd" and g["pts-30-35"].pts.enabled and g["pts-30-35"].stability.mode == "none"
+    assert g["pts-50-70-ratio2"].pts.teacher_sampling_ratio == 2 * parse_config({}).pts.teacher_sampling_ratio
+    assert not g["pts-30-35-nofilter"].pts.filter_correct
+    s = g["sgopd"]
+    assert s.gate.sign_gate and s.pts.enabled and s.stability.mode == "phi" and s.gate.lambda_high == 1.8
+    assert 0.9 in s.train.keep_checkpoints_at
+    assert g["timesep-1.5"].train.init_from == "timesep-stage1"
+    assert g["timesep-stage1"].sft.filter_correct and g["timesep-stage1"].sft.teacher_budget == "pts"
+    assert g["probe-two-level"].gate.gate_levels == 4
+    assert g["probe-grpo-fallback"].gate.disagree_mode == "grpo"
+    assert g["exopd-1.25-single-source"].train.sources == ("A",)
+
+
+def test_hash_and_overrides():
+    a = parse_config({"method": "opd"})
+    assert a.config_hash() == parse_config({"method": "opd", "name": "other"}).config_hash()
+    b = a.with_overrides({"seed": 1})
+    assert b.seed == 1 and b.config_hash() != a.config_hash()
+    with pytest.raises(ConfigError, match="gate.sign_gate"):
+        a.with_overrides(["gate.sign_gate=true"])
+
+
+# -- fuzzing -----------------------------------------------------------------------------
+
+fractions = st.floats(min_value=-0.5, max_value=1.5, allow_nan=False)
+method_names = st.sampled_from(list(METHODS.names()) + ["bogus"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    method=method_names,
+    p1=fractions,
+    p2=fractions,
+    ratio=fractions,
+    beta=fractions,
+    lam_base=st.floats(min_value=-1, max_value=3, allow_nan=False),
+    lam_high=st.floats(min_value=-1, max_value=3, allow_nan=False),
+    k=st.integers(min_value=-2, max_value=20),
+    n=st.integers(min_value=-2, max_value=20),
+    mode=st.sampled_from(list(FALLBACKS.names()) + ["bogus"]),
+)
+def test_fuzz_validation_accepts_exactly_the_valid_configs(method, p1, p2, ratio, beta, lam_base, lam_high, k, n, mode):
+    data = {
+        "method": method,
+        "pts": {"phase1_end_frac": p1, "phase2_end_frac": p2, "teacher_sampling_ratio": ratio},
+        "gate": {"disagree_interp_beta": beta, "lambda_high": lam_high, "disagree_mode": mode},
+        "eval": {"k": k, "n_samples": n},
+    }
+    if method not in ("opd",):  # opd fixes lambda_base to 1
+        data["gate"]["lambda_base"] = lam_base
+    reasons = []
+    if method == "bogus":
+        reasons.append("method")
+    if mode == "bogus":
+        reasons.append("gate.disagree_mode")
+    if not (0 <= p1 <= 1):
+        reasons.append("pts.phase1_end_frac")
+    if not (0 <= p2 <= 1):
+        reasons.append("pts.phase2_end_frac")
+    if 0 <= p1 <= 1 and 0 <= p2 <= 1 and p1 >= p2:
+        reasons.append("phase1_end_frac")
+    if not (0 < ratio <= 1):
+        reasons.append("pts.teacher_sampling_ratio")
+    if not (0 <= beta <= 1):
+        reasons.append("gate.disagree_interp_beta")
+    if lam_high <= 0:
+        reasons.append("gate.lambda_high")
+    if method != "opd" and lam_base <= 0:
+        reasons.append("gate.lambda_base")
+    if k <= 0:
+        reasons.append("eval.k")
+    if n <= 0:
+        reasons.append("eval.n_samples")
+    if k > 0 and n > 0 and k > n:
+        reasons.append("k (")
+    if method == "exopd" and 0 < lam_base <= 1:
+        reasons.append("gate.lambda_base")
+    if reasons:
+        with pytest.raises(ConfigError) as e:
+            parse_config(data)
+        msg = str(e.value)
+        # Field-level errors are all reported; model-level ones only once fields are valid.
+        assert any(r in msg for r in reasons), (reasons, msg)
+    else:
+        c = parse_config(data)
+        assert isinstance(c, RunConfig)
+        assert c.pts.phase1_end_frac < c.pts.phase2_end_frac and c.eval.k <= c.eval.n_samples
+        # The resolved config survives a YAML round trip unchanged.
+        assert parse_config(yaml.safe_load(c.to_yaml())) == c

@@ -1,0 +1,347 @@
+"""The run configuration: one frozen, validated object per training run.
+
+Resolution order: field defaults < the method's defaults (``workbench.methods``) < the
+YAML file < ``--set`` overrides. YAML files list only what differs from the defaults.
+Everything is validated on load, before any compute; every error names its field.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workbench.methods import METHODS
+from workbench.registry import Registry
+
+BACKENDS: Registry[str] = Registry("backend")
+BACKENDS.register("mini", "workbench.backends.mini")
+BACKENDS.register("verl", "workbench.backends.verl")
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Field(gt=0.0, le=1.0)]
+PosFloat = Annotated[float, Field(gt=0.0)]
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class ConfigError(ValueError):
+    """An invalid run config; the message names each offending field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class GateConfig(_Section):
+    """Token-level sign-consistency gate (SPEC section 3)."""
+
+    sign_gate: bool = True
+    lambda_base: PosFloat = 1.25
+    lambda_high: PosFloat = 1.8
+    disagree_mode: str = "interp"
+    disagree_interp_beta: Fraction = 0.5
+    gate_all_tokens_as: Literal["conflict"] | None = None
+    gate_levels: Literal[2, 4] = 2
+    cell_lambda_pos_pos: PosFloat | None = None
+    cell_lambda_neg_neg: PosFloat | None = None
+    cell_beta_pos_neg: Fraction | None = None
+    cell_beta_neg_pos: Fraction | None = None
+
+    @field_validator("disagree_mode")
+    @classmethod
+    def _known_fallback(cls, v: str) -> str:
+        from workbench.algo.gate import FALLBACKS
+
+        if v not in FALLBACKS:
+            raise ValueError(FALLBACKS.unknown_message(v))
+        return v
+
+    @model_validator(mode="after")
+    def _cells_need_four_levels(self) -> "GateConfig":
+        cells = [f for f in type(self).model_fields if f.startswith("cell_") and getattr(self, f) is not None]
+        if cells and self.gate_levels != 4:
+            raise ValueError(f"{', '.join(cells)} only apply with gate_levels: 4 (got {self.gate_levels})")
+        return self
+
+    def route_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``workbench.algo.route_advantage``."""
+        return self.model_dump()
+
+
+class StabilityConfig(_Section):
+    """Detached stability weight (SPEC section 4)."""
+
+    mode: str = "phi"
+    clip: PosFloat = 2.0
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        from workbench.algo.stability import STABILITY_WEIGHTS
+
+        if v not in STABILITY_WEIGHTS:
+            raise ValueError(STABILITY_WEIGHTS.unknown_message(v))
+        return v
+
+
+class PTSConfig(_Section):
+    """Phased teacher sampling (SPEC section 6)."""
+
+    enabled: bool = True
+    teacher_sampling_ratio: OpenFraction = 0.125
+    filter_correct: bool = True
+    phase1_end_frac: Fraction = 0.30
+    phase2_end_frac: Fraction = 0.35
+    alpha0: NonNegFloat = 1.0
+    alpha1: NonNegFloat = 0.1
+
+    @model_validator(mode="after")
+    def _ordered_phases(self) -> "PTSConfig":
+        if self.phase1_end_frac >= self.phase2_end_frac:
+            raise ValueError(
+                f"phase1_end_frac ({self.phase1_end_frac}) must be < phase2_end_frac ({self.phase2_end_frac})"
+            )
+        return self
+
+    def schedule_kwargs(self) -> dict[str, float]:
+        """Keyword arguments of ``workbench.algo.pts_alpha``."""
+        return self.model_dump(include={"phase1_end_frac", "phase2_end_frac", "alpha0", "alpha1"})
+
+
+class SFTConfig(_Section):
+    """Teacher data of the SFT-family methods (sft, seqkd, time-separated stage 1)."""
+
+    teacher_decoding: Literal["sample", "greedy"] = "sample"
+    filter_correct: bool = False
+    # pool: one teacher response per training prompt; pts: as many teacher responses as
+    # PTS with this run's pts section would draw (the time-separated stage 1's budget).
+    teacher_budget: Literal["pool", "pts"] = "pool"
+
+
+class GKDConfig(_Section):
+    beta: Fraction = 0.5
+
+
+class OptimConfig(_Section):
+    lr: PosFloat = 1e-3
+    warmup_steps: NonNegInt = 0
+    weight_decay: NonNegFloat = 0.0
+    grad_clip: PosFloat | None = 1.0
+    eps_low: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    eps_high: PosFloat = 0.2
+
+
+class RolloutConfig(_Section):
+    prompts_per_step: PosInt = 32
+    group_size: PosInt = 8
+    temperature: PosFloat = 1.0
+    top_p: OpenFraction = 1.0
+    max_new_tokens: PosInt = 64
+
+
+class TrainConfig(_Section):
+    steps: PosInt = 200
+    checkpoint_every: PosInt = 50
+    eval_every: NonNegInt = 0  # 0: evaluate the final checkpoint only
+    keep_checkpoints_at: tuple[Fraction, ...] = ()  # extra checkpoints, as fractions of steps
+    init_from: str | None = None  # a run id of the same grid, or a checkpoint path
+    sources: tuple[str, ...] | None = None  # training prompt sources; None: all
+
+
+class EvalConfig(_Section):
+    n_samples: PosInt = 8
+    k: PosInt = 8
+    temperature: PosFloat = 1.0
+    top_p: OpenFraction = 1.0
+    max_new_tokens: PosInt = 64
+    benchmarks: tuple[str, ...] | None = None  # None: all four
+
+    @model_validator(mode="after")
+    def _k_le_n(self) -> "EvalConfig":
+        if self.k > self.n_samples:
+            raise ValueError(f"k ({self.k}) must be <= n_samples ({self.n_samples})")
+        return self
+
+
+class RunConfig(_Section):
+    """Everything one training run needs; frozen and validated."""
+
+    name: str | None = None
+    group: str | None = None
+    method: str = "sgopd"
+    backend: str = "mini"
+    seed: NonNegInt = 0
+    gate: GateConfig = GateConfig()
+    stability: StabilityConfig = StabilityConfig()
+    pts: PTSConfig = PTSConfig()
+    sft: SFTConfig = SFTConfig()
+    gkd: GKDConfig = GKDConfig()
+    optim: OptimConfig = OptimConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        name = data.get("method", cls.model_fields["method"].default)
+        if not isinstance(name, str) or name not in METHODS:
+            raise ValueError(f"method: {METHODS.unknown_message(name)}")
+        method = METHODS.get(name)
+        merged: dict[str, Any] = {}
+        for dotted, value in {**method.defaults, **method.fixed}.items():
+            _set_dotted(merged, dotted, value)
+        return _deep_merge(merged, dict(data))
+
+    @model_validator(mode="after")
+    def _method_constraints(self) -> "RunConfig":
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: {BACKENDS.unknown_message(self.backend)}")
+        method = METHODS.get(self.method)
+        for dotted, want in method.fixed.items():
+            got = self.get(dotted)
+            if got != want:
+                raise ValueError(f"{dotted}: method {self.method!r} requires {want!r}, got {got!r}")
+        if self.method == "exopd" and self.gate.lambda_base <= 1.0:
+            raise ValueError(f"gate.lambda_base: method 'exopd' needs lambda_base > 1, got {self.gate.lambda_base}")
+        if self.optim.warmup_steps >= self.train.steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be < train.steps ({self.train.steps})"
+            )
+        return self
+
+    # -- access -----------------------------------------------------------------------
+    def get(self, dotted: str) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        return node
+
+    @property
+    def family(self) -> str:
+        return METHODS.get(self.method).family
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def config_hash(self) -> str:
+        """Stable hash of the resolved config (names excluded: they do not change results)."""
+        d = self.to_dict()
+        d.pop("name", None)
+        d.pop("group", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def diff_from_defaults(self) -> dict[str, Any]:
+        """The minimal mapping that resolves to this config (what a YAML file would list)."""
+        base = RunConfig(method=self.method).to_dict()
+        out = _diff(self.to_dict(), base)
+        out["method"] = self.method
+        return out
+
+    def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> "RunConfig":
+        """A new validated config with dotted ``key=value`` overrides applied."""
+        return parse_config(_apply_overrides(self.diff_from_defaults(), overrides))
+
+
+# -- loading --------------------------------------------------------------------------
+
+def parse_config(data: Mapping[str, Any] | None, *, source: str = "config") -> RunConfig:
+    """Validate a mapping into a ``RunConfig``, raising ``ConfigError`` naming each field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: a run config must be a mapping, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(dict(data))
+    except ValidationError as e:
+        raise ConfigError(f"{source}: " + "; ".join(_format_error(err) for err in e.errors())) from None
+
+
+def load_config(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig:
+    """Load a YAML run config (only the differences from the defaults) plus overrides."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
+    return parse_config(_apply_overrides(data, overrides), source=str(path))
+
+
+def _apply_overrides(data: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(dict(data))
+    items = overrides.items() if isinstance(overrides, Mapping) else (_split_override(o) for o in overrides)
+    for key, value in items:
+        _set_dotted(out, key, value)
+    return out
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. gate.lambda_high=1.5")
+    return key.strip(), yaml.safe_load(raw)
+
+
+def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        nxt = d.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{dotted}: {p} is not a section")
+        d = nxt
+    d[leaf] = value
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _diff(d: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), Mapping):
+            sub = _diff(v, base[k])
+            if sub:
+                out[k] = sub
+        elif base.get(k, object()) != v:
+            out[k] = v
+    return out
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        parent = _section_at(err["loc"][:-1])
+        valid = ", ".join(parent.model_fields) if parent else ""
+        return f"{loc}: unknown key (valid keys here: {valid})"
+    # Model-level validators carry the field in their message already.
+    return f"{loc}: {msg}" if loc else msg
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model

@@ -37,7 +37,12 @@ def grpo_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Ten
     dev = rewards - (total / count)[inv]
     sq = torch.zeros_like(count).index_add_(0, inv, dev * dev)
     std = torch.sqrt(sq / (count - 1).clamp(min=1))
-    return dev / (std[inv] + eps)
+    # Equal rewards must give exactly 0: a rounding residue of the mean divided by a
+    # residue-sized std would otherwise be a spurious, even large, signal.
+    lo = torch.full_like(count, float("inf")).scatter_reduce_(0, inv, rewards, "amin")
+    hi = torch.full_like(count, float("-inf")).scatter_reduce_(0, inv, rewards, "amax")
+    constant = (lo == hi)[inv]
+    return torch.where(constant, torch.zeros_like(dev), dev / (std[inv] + eps))
 
 
 @torch.no_grad()

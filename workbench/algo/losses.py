@@ -94,8 +94,14 @@ def generalized_jsd_loss(
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    m = valid(mask)[..., None]
+    zero = torch.zeros((), dtype=torch.float32, device=student_logits.device)
+    # Padding is replaced before the softmax: its backward would turn NaN/inf there into NaN
+    # gradients. Log-probs are floored so that a zero probability (a -inf logit) gives the
+    # 0 * log 0 = 0 convention instead of 0 * inf = NaN.
+    floor = -1e4
+    log_q = F.log_softmax(torch.where(m, student_logits.float(), zero) / temperature, dim=-1).clamp(min=floor)
+    log_p = F.log_softmax(torch.where(m, teacher_logits.detach().float(), zero) / temperature, dim=-1).clamp(min=floor)
 
     def kl(log_a: Tensor, log_b: Tensor) -> Tensor:
         return (log_a.exp() * (log_a - log_b)).sum(-1)

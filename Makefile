@@ -23,11 +23,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
 	touch $@
 
-# The main job. Until the mini backend lands it validates every run config of the
-# ablation grid and times the routed SG-OPD loss against OPD.
+# The main job: the miniature world, its untrained student and teacher evaluated, and
+# one OPD run trained and evaluated (the Snakemake grid replaces this with its workflow).
+WORLD := results/mini/world
 reproduce: setup
-	$(BIN)/workbench config check --quiet experiments/runs/*.yaml
-	$(BIN)/python benchmarks/bench_loss.py
+	$(BIN)/workbench prepare --out $(WORLD)
+	$(BIN)/workbench eval student-init --world $(WORLD) --out results/mini/evals/student-init.json
+	$(BIN)/workbench eval teacher --world $(WORLD) --out results/mini/evals/teacher.json
+	$(BIN)/workbench train experiments/runs/opd.yaml --world $(WORLD) --run-dir results/mini/runs/opd/seed0
 
 # The default suite (slow tests excluded); pytest exits non-zero when nothing ran.
 test: setup
@@ -38,6 +41,8 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench_loss.py
+	$(BIN)/workbench prepare --out $(WORLD)
+	$(BIN)/python benchmarks/bench_mini_step.py --world $(WORLD)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

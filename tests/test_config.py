@@ -146,6 +146,8 @@ def test_grid_semantics():
     assert s.gate.sign_gate and s.pts.enabled and s.stability.mode == "phi" and s.gate.lambda_high == 1.8
     assert 0.9 in s.train.keep_checkpoints_at
     assert g["timesep-1.5"].train.init_from == "timesep-stage1"
+    # The two stages split the common step budget.
+    assert g["timesep-stage1"].train.steps_frac + g["timesep-1.5"].train.steps_frac == pytest.approx(1.0)
     assert g["timesep-stage1"].sft.filter_correct and g["timesep-stage1"].sft.teacher_budget == "pts"
     assert g["probe-two-level"].gate.gate_levels == 4
     assert g["probe-grpo-fallback"].gate.disagree_mode == "grpo"

@@ -55,6 +55,69 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from workbench.mini.prepare import prepare
+
+    _threads(args.threads)
+    man = prepare(args.out, seed=args.seed, scale=args.scale, force=args.force, verbose=True)
+    for role, info in man["models"].items():
+        acc = info["accuracy"]
+        print(f"{role}: {info['params']} params, greedy train {acc['greedy']['train_dist']:.3f}, "
+              f"bench avg greedy {acc['greedy']['bench_avg']:.3f} / sampled {acc['sampled_t1']['bench_avg']:.3f}")
+    print(f"world: {args.out} (hash {man['config_hash']})")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import signal
+
+    from workbench.runner import read_grid, train_run
+
+    _threads(args.threads)
+    # A scheduler's SIGTERM ends the run like Ctrl-C: MLflow marks it KILLED, and the
+    # next `workbench train` on the same directory resumes from the last checkpoint.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    grid = read_grid(args.grid)
+    sets = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
+    train_run(args.config, run_dir=args.run_dir, world=args.world, overrides=sets, scale=args.scale,
+              experiment=grid.get("experiment", args.experiment), parent_run_id=grid.get("parent_run_id"),
+              evaluate_final=not args.no_eval)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from workbench.runner import eval_model
+
+    _threads(args.threads)
+    eval_model(args.model, world=args.world, out=args.out, config=args.config, overrides=args.set, scale=args.scale,
+               at_frac=args.at_frac, name=args.name, seed=args.seed, grid=args.grid)
+    return 0
+
+
+def _grid_start(args: argparse.Namespace) -> int:
+    from workbench.runner import start_grid
+
+    grid = start_grid(args.out, experiment=args.experiment or f"sgopd-{args.scale}", scale=args.scale)
+    print(f"grid {grid['scale']}: experiment {grid['experiment']}, parent run {grid['parent_run_id']}")
+    return 0
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--world", default="results/mini/world", help="prepared world (default: %(default)s)")
+    p.add_argument("--scale", default=None, help="apply experiments/scales/SCALE.yaml's overrides")
+    p.add_argument("--seed", type=int, default=None, help="training / sampling seed (overrides the config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--grid", default=None, help="grid file from `workbench grid-start`: log as its child run")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from workbench import __version__
     from workbench.methods import METHODS
@@ -81,6 +144,45 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = config_verbs.add_parser("defaults", help="print the fully resolved default config of a method")
     defaults.add_argument("--method", choices=METHODS.names(), default="sgopd")
     defaults.set_defaults(handler=_config_defaults)
+
+    prep = verbs.add_parser("prepare", help="build the miniature world: data, tokenizer, teacher and student",
+                            description="Generate the synthetic task, train the teacher and the student from "
+                            "scratch (deterministic from --seed) and cache them with a manifest. "
+                            "Reuses the cache when the config hash matches.")
+    prep.add_argument("--out", default="results/mini/world", help="world directory (default: %(default)s)")
+    prep.add_argument("--scale", default="mini", choices=("mini", "smoke"))
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
+    prep.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    prep.set_defaults(handler=_prepare)
+
+    tr = verbs.add_parser("train", help="train one run (resumes from its last checkpoint)",
+                          description="Train a run config with its backend, log to MLflow and metrics.jsonl, "
+                          "then evaluate the final model. A run directory with checkpoints resumes.")
+    tr.add_argument("config", help="run config YAML")
+    tr.add_argument("--run-dir", required=True, help="output directory of this run")
+    _common_run_args(tr)
+    tr.add_argument("--experiment", default="sgopd-mini", help="MLflow experiment without --grid (default: %(default)s)")
+    tr.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    tr.set_defaults(handler=_train)
+
+    ev = verbs.add_parser("eval", help="evaluate a model: avg@k and pass@k per benchmark and AVG",
+                          description="MODEL is a model directory, a run directory with --at-frac, or one of "
+                          "'student-init' and 'teacher' (the prepared world's models).")
+    ev.add_argument("model")
+    ev.add_argument("--out", required=True, help="where to write the results JSON")
+    ev.add_argument("--config", default=None, help="run config whose eval section to use (default: defaults)")
+    ev.add_argument("--at-frac", type=float, default=None, help="with a run directory: its checkpoint at this "
+                    "fraction of its steps (sgopd@90%%: 0.9)")
+    ev.add_argument("--name", default=None, help="label of this evaluation (e.g. student-init, sgopd@90%%)")
+    _common_run_args(ev)
+    ev.set_defaults(handler=_eval)
+
+    gs = verbs.add_parser("grid-start", help="create the grid's parent MLflow run (idempotent)")
+    gs.add_argument("--scale", required=True)
+    gs.add_argument("--out", required=True, help="grid file to write (experiment and parent run id)")
+    gs.add_argument("--experiment", default=None, help="MLflow experiment (default: sgopd-SCALE)")
+    gs.set_defaults(handler=_grid_start)
 
     lister = verbs.add_parser("list", help="list the names a registry accepts")
     lister.add_argument("kind", choices=("methods", "fallbacks", "stability", "backends"))

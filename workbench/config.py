@@ -20,7 +20,7 @@ from workbench.methods import METHODS
 from workbench.registry import Registry
 
 BACKENDS: Registry[str] = Registry("backend")
-BACKENDS.register("mini", "workbench.backends.mini")
+BACKENDS.register("mini", "workbench.mini")
 BACKENDS.register("verl", "workbench.backends.verl")
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -143,11 +143,14 @@ class RolloutConfig(_Section):
     group_size: PosInt = 8
     temperature: PosFloat = 1.0
     top_p: OpenFraction = 1.0
-    max_new_tokens: PosInt = 64
+    max_new_tokens: PosInt | None = None  # None: the backend's own budget (mini: from the task)
 
 
 class TrainConfig(_Section):
     steps: PosInt = 200
+    # The share of ``steps`` this run trains: the time-separated stages split one budget
+    # (stage 1 SFT 0.35, stage 2 0.65), so ``steps`` stays the grid's common budget.
+    steps_frac: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     checkpoint_every: PosInt = 50
     eval_every: NonNegInt = 0  # 0: evaluate the final checkpoint only
     keep_checkpoints_at: tuple[Fraction, ...] = ()  # extra checkpoints, as fractions of steps
@@ -155,12 +158,18 @@ class TrainConfig(_Section):
     sources: tuple[str, ...] | None = None  # training prompt sources; None: all
 
 
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps this run takes: ``round(steps * steps_frac)``, at least 1."""
+        return max(1, round(self.steps * self.steps_frac))
+
+
 class EvalConfig(_Section):
     n_samples: PosInt = 8
     k: PosInt = 8
     temperature: PosFloat = 1.0
     top_p: OpenFraction = 1.0
-    max_new_tokens: PosInt = 64
+    max_new_tokens: PosInt | None = None  # None: the backend's own budget (mini: from the task)
     benchmarks: tuple[str, ...] | None = None  # None: all four
 
     @model_validator(mode="after")
@@ -213,9 +222,9 @@ class RunConfig(_Section):
                 raise ValueError(f"{dotted}: method {self.method!r} requires {want!r}, got {got!r}")
         if self.method == "exopd" and self.gate.lambda_base <= 1.0:
             raise ValueError(f"gate.lambda_base: method 'exopd' needs lambda_base > 1, got {self.gate.lambda_base}")
-        if self.optim.warmup_steps >= self.train.steps:
+        if self.optim.warmup_steps >= self.train.total_steps:
             raise ValueError(
-                f"optim.warmup_steps ({self.optim.warmup_steps}) must be < train.steps ({self.train.steps})"
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be < the run's steps ({self.train.total_steps})"
             )
         return self
 
@@ -283,13 +292,13 @@ def load_config(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] =
 
 def _apply_overrides(data: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(dict(data))
-    items = overrides.items() if isinstance(overrides, Mapping) else (_split_override(o) for o in overrides)
+    items = overrides.items() if isinstance(overrides, Mapping) else (split_override(o) for o in overrides)
     for key, value in items:
         _set_dotted(out, key, value)
     return out
 
 
-def _split_override(text: str) -> tuple[str, Any]:
+def split_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected key=value, e.g. gate.lambda_high=1.5")

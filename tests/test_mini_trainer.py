@@ -1,0 +1,173 @@
+"""End-to-end runs of the mini trainer: every grid method, resume after SIGKILL, NaN stop.
+
+Smoke scale (tiny models, a few steps): these check plumbing, bookkeeping and the
+contract of the logged metrics, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+mlflow = pytest.importorskip("mlflow")
+
+from workbench.config import load_config  # noqa: E402
+from workbench.runner import train_run  # noqa: E402
+from workbench.tracking import load_history  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "experiments" / "runs"
+SMOKE = ["train.steps=3", "train.checkpoint_every=2", "rollout.prompts_per_step=2", "rollout.group_size=3",
+         "eval.n_samples=2", "eval.k=2", "eval.benchmarks=[bench1, bench4]"]
+CANONICAL_TRAIN = {"train/loss", "train/grad_norm", "train/entropy", "train/response_length",
+                   "perf/step_seconds", "perf/tokens_per_second"}
+ON_POLICY = {"train/reward_mean", "train/kl_teacher", "train/conflict_frac", "train/consensus_frac", "train/neutral_frac"}
+PTS = {"train/pts_alpha", "train/pts_kept", "train/pts_loss"}
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def _order(name: str) -> int:
+    return 1 if load_config(RUNS / f"{name}.yaml").train.init_from else 0  # stage 2 after stage 1
+
+
+# One run per code path in the default suite; the rest of the grid is marked slow.
+FAST = {"sft", "gkd", "sgopd", "probe-two-level", "timesep-1.5", "exopd-1.25-single-source", "grpo"}
+GRID = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
+        for n in sorted((p.stem for p in RUNS.glob("*.yaml")), key=lambda n: (_order(n), n))]
+
+
+@pytest.mark.parametrize("run", GRID)
+def test_every_grid_run_trains_and_evaluates(run, smoke_world, tmp_path_factory, store):
+    runs_root = tmp_path_factory.getbasetemp() / "grid-runs"
+    overrides = list(SMOKE)
+    cfg = load_config(RUNS / f"{run}.yaml")
+    if cfg.sft.filter_correct:
+        # The smoke teacher is untrained and never correct: keep its answers so the loop runs.
+        overrides.append("sft.filter_correct=false")
+    if cfg.train.init_from:
+        stage1 = runs_root / cfg.train.init_from / "seed0"
+        if not (stage1 / "final").exists():
+            train_run(RUNS / f"{cfg.train.init_from}.yaml", run_dir=stage1, world=smoke_world,
+                      overrides=SMOKE + ["sft.filter_correct=false"], evaluate_final=False)
+    run_dir = runs_root / run / "seed0"
+    steps = list(range(1, load_config(RUNS / f"{run}.yaml", overrides).train.total_steps + 1))
+    result = train_run(RUNS / f"{run}.yaml", run_dir=run_dir, world=smoke_world, overrides=overrides)
+
+    assert set(result["benchmarks"]) == {"bench1", "bench4"} and 0 <= result["avg_at_k"] <= 1
+    hist = load_history(run_dir)
+    assert [r["step"] for r in hist if "train/loss" in r] == steps
+    keys = set().union(*hist)
+    assert CANONICAL_TRAIN <= keys
+    if cfg.family != "sft":
+        assert ON_POLICY <= keys
+    if cfg.pts.enabled:
+        assert PTS <= keys
+    assert {"eval/avg_at_k", "eval/pass_at_k", "eval/bench1/avg_at_k"} <= keys
+    # MLflow has the same points, once each, and the run finished.
+    state = json.loads((run_dir / "tracking.json").read_text())
+    client = mlflow.tracking.MlflowClient()
+    mrun = client.get_run(state["run_id"])
+    assert mrun.info.status == "FINISHED"
+    assert mrun.data.tags["method"] == cfg.method and mrun.data.tags["run"] == run
+    assert [m.step for m in client.get_metric_history(mrun.info.run_id, "train/loss")] == steps
+    assert (run_dir / "final" / "config.json").exists()
+    # A rerun of a finished run changes nothing.
+    assert train_run(RUNS / f"{run}.yaml", run_dir=run_dir, world=smoke_world, overrides=overrides) == result
+
+
+def test_single_source_trains_on_its_source_only(smoke_world):
+    from workbench.mini.trainer import World
+
+    pool = World.open(smoke_world).train_pool(load_config(RUNS / "exopd-1.25-single-source.yaml").train.sources)
+    assert pool and {p.source for p in pool} == {"A"}
+    with pytest.raises(ValueError, match="unknown source"):
+        World.open(smoke_world).train_pool(["Z"])
+
+
+def _train_cmd(run_dir: Path, world: Path, steps: int) -> list[str]:
+    sets = [f"train.steps={steps}", "train.checkpoint_every=2", "rollout.prompts_per_step=2", "rollout.group_size=3"]
+    return [sys.executable, "-m", "workbench", "train", str(RUNS / "sgopd.yaml"), "--run-dir", str(run_dir),
+            "--world", str(world), "--no-eval", *[a for s in sets for a in ("--set", s)]]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(smoke_world, tmp_path, store):
+    steps = 12
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
+    subprocess.run(_train_cmd(ref_dir, smoke_world, steps), check=True, env=env, capture_output=True)
+
+    proc = subprocess.Popen(_train_cmd(crash_dir, smoke_world, steps), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    # Kill once a checkpoint exists and a later step has been logged but not checkpointed.
+    while time.time() < deadline and proc.poll() is None:
+        ckpts = list((crash_dir / "checkpoints").glob("step-*/state.json"))
+        lines = (crash_dir / "metrics.jsonl").read_text().count("\n") if (crash_dir / "metrics.jsonl").exists() else 0
+        if ckpts and lines >= 5 and lines % 2 == 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = load_history(crash_dir)[-1]["step"]
+    assert killed_at < steps
+
+    subprocess.run(_train_cmd(crash_dir, smoke_world, steps), check=True, env=env, capture_output=True)
+
+    ref, resumed = load_history(ref_dir), load_history(crash_dir)
+    assert [r["step"] for r in resumed] == list(range(1, steps + 1))
+    # Same prompts, same sampling seeds, same weights and optimizer state: same numbers.
+    for a, b in zip(ref, resumed):
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-5, abs=1e-7), a["step"]
+    client = mlflow.tracking.MlflowClient()
+    run_id = json.loads((crash_dir / "tracking.json").read_text())["run_id"]
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == list(range(1, steps + 1))
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 2  # ref + one resumed run
+
+
+def test_nan_loss_stops_the_run_and_marks_it_failed(smoke_world, tmp_path, store, monkeypatch):
+    import workbench.algo as A
+    from workbench.tracking import NonFiniteLossError
+
+    real = A.ppo_clip_loss
+
+    def poisoned(*args, **kwargs):
+        loss, m = real(*args, **kwargs)
+        return loss * float("nan"), m
+
+    monkeypatch.setattr(A, "ppo_clip_loss", poisoned)
+    run_dir = tmp_path / "nan"
+    with pytest.raises(NonFiniteLossError, match="nan at step 1"):
+        train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE)
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    run = mlflow.tracking.MlflowClient().get_run(run_id)
+    assert run.info.status == "FAILED" and "nan" in run.data.tags["failure"]
+    assert not (run_dir / "checkpoints").exists() or not list((run_dir / "checkpoints").glob("step-*"))
+
+
+def test_eval_cli_on_world_models(smoke_world, tmp_path):
+    out = tmp_path / "teacher.json"
+    r = subprocess.run([sys.executable, "-m", "workbench", "eval", "teacher", "--world", str(smoke_world),
+                        "--out", str(out), "--set", "eval.n_samples=3", "--set", "eval.k=2"],
+                       capture_output=True, text=True, check=True)
+    res = json.loads(out.read_text())
+    assert res["label"] == "teacher" and res["n_samples"] == 3 and res["k"] == 2
+    assert set(res["benchmarks"]) == {"bench1", "bench2", "bench3", "bench4"}
+    for b in res["benchmarks"].values():
+        assert len(b["correct"]) > 0 and all(0 <= c <= 3 for c in b["correct"])
+    assert "AVG" in r.stdout

@@ -1,0 +1,408 @@
+"""The mini backend's trainer: one readable loop for every method of the grid.
+
+Each step: sample rollouts (G per prompt, KV cache), verify, GRPO outcome advantage,
+teacher and reference log-probs on the student's tokens, routed advantage, stability
+weight, PPO-clip loss, optional PTS anchor loss, optimiser step, log. The SFT family
+(sft, seqkd, time-separated stage 1) replaces sampling by a batch of cached teacher
+responses; GKD replaces the policy gradient by the full-vocabulary JSD. Every formula
+comes from ``workbench.algo``.
+
+Run directory layout::
+
+    run_dir/config.yaml          the resolved run config
+    run_dir/checkpoints/step-N/  model (HF format), optimizer.pt, state.json
+    run_dir/final/               the final model (HF format)
+    run_dir/metrics.jsonl        one line per step (canonical metric names)
+    run_dir/eval.json            evaluation of the final model (written by ``evaluate``)
+
+A run whose directory holds checkpoints resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import transformers
+
+import workbench.algo as A
+from workbench.config import RunConfig
+from workbench.io import atomic_dir, atomic_write_text
+from workbench.methods import METHODS
+from workbench.tracking import check_finite
+from workbench.mini.prepare import generate, max_response_tokens
+from workbench.mini.models import load_model
+from workbench.mini.task import Problem, read_jsonl, verify
+from workbench.mini.tokenizer import CODEC, PAD_ID
+
+
+transformers.utils.logging.disable_progress_bar()  # one bar per checkpoint save is noise in logs
+
+
+# -- world access ---------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    """A prepared miniature world (see ``workbench.mini.prepare``)."""
+
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, root: str | Path) -> "World":
+        root = Path(root)
+        path = root / "manifest.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no prepared world at {root} (run `workbench prepare` first)")
+        return cls(root, json.loads(path.read_text()))
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.manifest["sources"])
+
+    @property
+    def benchmark_names(self) -> list[str]:
+        return list(self.manifest["benchmarks"])
+
+    def train_pool(self, sources: Sequence[str] | None) -> list[Problem]:
+        names = list(sources) if sources else self.sources
+        unknown = [s for s in names if s not in self.sources]
+        if unknown:
+            raise ValueError(f"train.sources: unknown source(s) {unknown}; valid: {self.sources}")
+        return [p for s in names for p in read_jsonl(self.root / "data" / f"train_{s}.jsonl")]
+
+    def benchmarks(self, names: Sequence[str] | None = None) -> dict[str, list[Problem]]:
+        names = list(names) if names else self.benchmark_names
+        unknown = [b for b in names if b not in self.benchmark_names and b != "validation"]
+        if unknown:
+            raise ValueError(f"eval.benchmarks: unknown benchmark(s) {unknown}; valid: {self.benchmark_names}")
+        return {b: read_jsonl(self.root / "data" / f"{b}.jsonl") for b in names}
+
+    def max_new_tokens(self) -> int:
+        return max_response_tokens([p for ps in self.benchmarks().values() for p in ps])
+
+
+# -- tensors from token lists -----------------------------------------------------------
+
+
+def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``ids [N, L]`` of prompt + response, and ``mask [N, L - 1]``.
+
+    ``mask[:, t]`` is 1 where position ``t`` predicts a response token ``ids[:, t + 1]``,
+    so it aligns with ``logits[:, :-1]``. Right padding needs no attention mask under
+    causal attention: real tokens never attend to the pads after them.
+    """
+    L = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    ids = torch.full((len(prompts), L), PAD_ID, dtype=torch.long)
+    mask = torch.zeros((len(prompts), L - 1), dtype=torch.bool)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, : len(p) + len(r)] = torch.as_tensor(list(p) + list(r))
+        mask[i, len(p) - 1 : len(p) + len(r) - 1] = True
+    return ids.to(device), mask.to(device)
+
+
+def forward_logprobs(model, ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logp of the next tokens [N, L - 1], logits [N, L - 1, V])``."""
+    logits = model(input_ids=ids).logits[:, :-1]
+    return A.sequence_logprobs(logits, ids[:, 1:], temperature), logits
+
+
+@torch.no_grad()
+def score(model, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return forward_logprobs(model, ids, temperature)[0]
+
+
+# -- teacher data for the SFT family --------------------------------------------------------
+
+
+def teacher_dataset(cfg: RunConfig, world: World, teacher, device) -> list[tuple[list[int], list[int]]]:
+    """``(prompt_ids, response_ids)`` pairs answered by the teacher, cached in the world.
+
+    ``sft.teacher_budget: pool`` answers every training prompt once; ``pts`` answers as
+    many prompts as PTS with this config's ``pts`` section would. ``filter_correct``
+    keeps only verified responses.
+    """
+    pool = world.train_pool(cfg.train.sources)
+    random.Random(f"sft-pool:{cfg.seed}").shuffle(pool)
+    if cfg.sft.teacher_budget == "pts":
+        n = A.pts_teacher_prompts(cfg.train.steps, cfg.rollout.prompts_per_step,
+                                  teacher_sampling_ratio=cfg.pts.teacher_sampling_ratio,
+                                  phase1_end_frac=cfg.pts.phase1_end_frac, phase2_end_frac=cfg.pts.phase2_end_frac)
+        pool = pool[:n]
+    greedy = cfg.sft.teacher_decoding == "greedy"
+    key = "-".join([cfg.sft.teacher_decoding, f"t{cfg.rollout.temperature}", f"p{cfg.rollout.top_p}",
+                    f"seed{cfg.seed}", "+".join(cfg.train.sources or world.sources), f"n{len(pool)}"])
+    cache = world.root / "teacher_data" / f"{key}.jsonl"
+    if not cache.exists():
+        g = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        rows = []
+        max_new = cfg.rollout.max_new_tokens or world.max_new_tokens()
+        for s in range(0, len(pool), 512):
+            chunk = pool[s : s + 512]
+            outs = generate(teacher, [CODEC.encode_prompt(p.prompt) for p in chunk], max_new,
+                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, greedy=greedy, generator=g)
+            rows += [{"prompt": p.prompt, "response": o, "correct": verify(p, CODEC.decode(o))} for p, o in zip(chunk, outs)]
+        atomic_write_text(cache, "".join(json.dumps(r) + "\n" for r in rows))
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    if cfg.sft.filter_correct:
+        rows = [r for r in rows if r["correct"]]
+    if not rows:
+        raise RuntimeError(f"no teacher responses left for SFT (cache {cache})")
+    return [(CODEC.encode_prompt(r["prompt"]), r["response"]) for r in rows]
+
+
+def write_case_study(path: Path, problems, G: int, responses, rewards, cls, adv, mask, n: int = 8) -> None:
+    """A few rollouts of a step with their token classes and routed advantages (for the
+    conflict-token case study, ``workbench.analysis.casestudy``): one per prompt first,
+    so that several problems are shown."""
+    rows = []
+    order = sorted(range(len(responses)), key=lambda i: (i % G, i // G))[:n]
+    for i in order:
+        m = mask[i]
+        rows.append({
+            "prompt": problems[i // G].prompt,
+            "tokens": [CODEC.itos[t] for t in responses[i]],
+            "token_class": [int(c) for c in cls[i][m].tolist()],
+            "advantage": [round(float(a), 5) for a in adv[i][m].tolist()],
+            "reward": float(rewards[i]),
+        })
+    atomic_write_text(path, json.dumps(rows, indent=1))
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+
+def _ckpt_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    root = run_dir / "checkpoints"
+    found = [(int(p.name.split("-")[1]), p) for p in root.glob("step-*") if (p / "state.json").exists()] if root.exists() else []
+    return sorted(found)
+
+
+def save_checkpoint(run_dir: Path, step: int, model, opt, keep: set[int]) -> Path:
+    target = run_dir / "checkpoints" / f"step-{step:06d}"
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(str(tmp))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step}))
+    for s, p in _ckpt_dirs(run_dir)[:-1]:
+        if s not in keep:
+            shutil.rmtree(p, ignore_errors=True)
+    return target
+
+
+def resolve_init(cfg: RunConfig, run_dir: Path, world: World) -> Path:
+    """Initial weights: the world's student, or ``train.init_from`` (a run id or a path)."""
+    ref = cfg.train.init_from
+    if ref is None:
+        return world.root / "student"
+    path = Path(ref)
+    if path.exists():
+        return path
+    # A run id of the same grid: runs/<id>/<seed dir>/final beside this run.
+    sibling = run_dir.parent.parent / ref / run_dir.name / "final"
+    if sibling.exists():
+        return sibling
+    raise FileNotFoundError(f"train.init_from: no checkpoint for {ref!r} (looked for {path} and {sibling})")
+
+
+# -- the loop ----------------------------------------------------------------------------
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warm-up to ``optim.lr``, then constant."""
+    w = cfg.optim.warmup_steps
+    return cfg.optim.lr * (step + 1) / w if step < w else cfg.optim.lr
+
+
+def _prompts_for_step(pool: list[Problem], step: int, n: int, seed: int) -> list[Problem]:
+    """Deterministic from (seed, step): a resumed run sees exactly the same prompts."""
+    per_epoch = max(1, len(pool) // n)
+    epoch, slot = divmod(step, per_epoch)
+    order = list(range(len(pool)))
+    random.Random(f"prompts:{seed}:{epoch}").shuffle(order)
+    return [pool[i] for i in order[slot * n : slot * n + n]]
+
+
+class Progress:
+    """A one-line progress bar on a terminal, plain lines in logs."""
+
+    def __init__(self, total: int, every: int = 10):
+        self.total, self.every, self.tty, self.t0 = total, every, sys.stderr.isatty(), time.time()
+
+    def update(self, step: int, start: int, metrics: dict) -> None:
+        done = step + 1
+        rate = (time.time() - self.t0) / max(done - start, 1)
+        eta = rate * (self.total - done)
+        line = f"step {done}/{self.total} reward {metrics.get('train/reward_mean', float('nan')):.3f} " \
+               f"loss {metrics['train/loss']:.4f} eta {eta:5.0f}s"
+        if self.tty:
+            print("\r" + line, end="" if done < self.total else "\n", file=sys.stderr, flush=True)
+        elif done % self.every == 0 or done == self.total:
+            print(line, file=sys.stderr, flush=True)
+
+
+def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=None, *, device: str | None = None) -> Path:
+    """Train one run to completion (resuming if ``run_dir`` has checkpoints); returns ``run_dir/final``.
+
+    ``tracker`` receives ``log_metrics(metrics, step)`` and ``commit(step)`` after every
+    checkpoint (see ``workbench.tracking``); None logs nowhere but ``metrics.jsonl``.
+    """
+    run_dir, world = Path(run_dir), World.open(world_dir)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    method = METHODS.get(cfg.method)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    torch.manual_seed(cfg.seed)
+
+    teacher = load_model(world.root / "teacher").to(device).requires_grad_(False)
+    init_path = resolve_init(cfg, run_dir, world)
+    ckpts = _ckpt_dirs(run_dir)
+    start = ckpts[-1][0] if ckpts else 0
+    student = load_model(ckpts[-1][1] if ckpts else init_path).to(device)
+    needs_ref = method.family == "pg" and method.advantage == "routed" and not (
+        cfg.gate.lambda_base == 1.0 and not cfg.gate.sign_gate and cfg.gate.gate_all_tokens_as is None)
+    ref = load_model(init_path).to(device).requires_grad_(False) if needs_ref else None
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if ckpts:
+        opt.load_state_dict(torch.load(ckpts[-1][1] / "optimizer.pt", map_location=device))
+    if tracker is not None:
+        tracker.truncate_after(start)
+
+    steps, P, G = cfg.train.total_steps, cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    temp, top_p = cfg.rollout.temperature, cfg.rollout.top_p
+    max_new = cfg.rollout.max_new_tokens or world.max_new_tokens()
+    keep = {round(f * steps) for f in cfg.train.keep_checkpoints_at}
+    pool = world.train_pool(cfg.train.sources)
+    sft_data = teacher_dataset(cfg, world, teacher, device) if method.family == "sft" else None
+    progress = Progress(steps)
+    student.train()
+
+    for step in range(start, steps):
+        t_step = time.time()
+        timing = {"sample": 0.0, "teacher": 0.0, "ref": 0.0, "update": 0.0}
+        metrics: dict[str, float] = {}
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + step)
+
+        if method.family == "sft":
+            # Teacher-forced NLL on cached teacher responses, P * G sequences a step.
+            rng = random.Random(f"sft:{cfg.seed}:{step}")
+            pairs = [sft_data[rng.randrange(len(sft_data))] for _ in range(P * G)]
+            t0 = time.time()
+            ids, mask = pack([p for p, _ in pairs], [r for _, r in pairs], device)  # "sampling" is batching here
+            timing["sample"] = time.time() - t0
+            logp, logits = forward_logprobs(student, ids)
+            loss, _ = A.nll_loss(logp, mask)
+            n_tokens = int(mask.sum())
+            metrics["train/entropy"] = float(A.token_mean(A.token_entropy(logits), mask))
+            metrics["train/response_length"] = n_tokens / len(pairs)
+        else:
+            # 1. Sample G rollouts per prompt from the current student.
+            t0 = time.time()
+            problems = _prompts_for_step(pool, step, P, cfg.seed)
+            prompts = [CODEC.encode_prompt(p.prompt) for p in problems for _ in range(G)]
+            responses = generate(student, prompts, max_new, temperature=temp, top_p=top_p, generator=gen)
+            student.train()
+            # 2. Verify (the task's own exact check).
+            rewards = torch.tensor([float(verify(problems[i // G], CODEC.decode(r))) for i, r in enumerate(responses)])
+            group_ids = torch.arange(len(responses)) // G
+            ids, mask = pack(prompts, responses, device)
+            timing["sample"] = time.time() - t0
+            # 3. Teacher (and reference) log-probs of the student's tokens.
+            t0 = time.time()
+            with torch.no_grad():
+                t_logits = teacher(input_ids=ids).logits[:, :-1]
+                lp_teacher = A.sequence_logprobs(t_logits, ids[:, 1:], temp)
+            timing["teacher"] = time.time() - t0
+            logp, logits = forward_logprobs(student, ids, temp)
+            # One PPO epoch on fresh samples: the rollout policy is the current policy.
+            lp_old = logp.detach()
+            t0 = time.time()
+            lp_ref = score(ref, ids, temp) if ref is not None else lp_old  # lambda 1: lp_ref cancels
+            timing["ref"] = time.time() - t0
+            a_rl = A.grpo_advantage(rewards.to(device), group_ids.to(device))
+            n_tokens = int(mask.sum())
+            if method.family == "gkd":
+                loss, _ = A.generalized_jsd_loss(logits, t_logits, mask, beta=cfg.gkd.beta, temperature=temp)
+                cls = A.sign_classes(a_rl[:, None].expand_as(lp_old), A.opd_advantage(lp_old, lp_teacher), mask)
+                metrics.update({f"train/{k}": v for k, v in A.gate_fractions(cls, mask).items()})
+            else:
+                # 4. Routed advantage, stability weight, PPO-clip token loss.
+                adv, cls, gate_metrics = A.route_advantage(a_rl, lp_old, lp_teacher, lp_ref, mask, **cfg.gate.route_kwargs())
+                if method.advantage == "grpo":
+                    adv = torch.where(mask, a_rl[:, None].expand_as(adv), torch.zeros_like(adv))
+                    gate_metrics.update(adv_mean=float(A.token_mean(adv, mask)), adv_abs_max=float(adv.abs().max()))
+                weight = A.stability_weight(adv, lp_old, mask, mode=cfg.stability.mode, clip=cfg.stability.clip)
+                loss, pg_metrics = A.ppo_clip_loss(logp, lp_old, adv, weight, mask,
+                                                   eps_low=cfg.optim.eps_low, eps_high=cfg.optim.eps_high)
+                metrics.update({f"train/{k}": v for k, v in gate_metrics.items()})
+                metrics["train/clipfrac"] = pg_metrics["clipfrac"]
+            metrics["train/kl_teacher"] = float(A.token_mean(lp_old - lp_teacher, mask))
+            metrics["train/reward_mean"] = float(rewards.mean())
+            metrics["train/entropy"] = float(A.token_mean(A.token_entropy(logits), mask))
+            metrics["train/response_length"] = n_tokens / len(responses)
+
+            # 5. Phased teacher sampling: a verified teacher anchor early in training.
+            if cfg.pts.enabled:
+                alpha = A.pts_alpha(step, steps, **cfg.pts.schedule_kwargs())
+                metrics.update({"train/pts_alpha": alpha, "train/pts_kept": 0.0, "train/pts_loss": 0.0})
+                if A.pts_active(step, steps, phase1_end_frac=cfg.pts.phase1_end_frac, phase2_end_frac=cfg.pts.phase2_end_frac):
+                    t1 = time.time()
+                    chosen = problems[: A.pts_prompts_per_step(P, cfg.pts.teacher_sampling_ratio)]
+                    t_prompts = [CODEC.encode_prompt(p.prompt) for p in chosen]
+                    t_resp = generate(teacher, t_prompts, max_new, temperature=temp, top_p=top_p, generator=gen)
+                    student.train()
+                    correct = torch.tensor([verify(p, CODEC.decode(r)) for p, r in zip(chosen, t_resp)])
+                    kept = correct if cfg.pts.filter_correct else torch.ones_like(correct)
+                    timing["teacher"] += time.time() - t1
+                    z_ids, z_mask = pack(t_prompts, t_resp, device)
+                    z_logp, _ = forward_logprobs(student, z_ids)
+                    pts_loss, pts_metrics = A.pts_anchor_loss(z_logp, z_mask, kept.to(device))
+                    loss = loss + alpha * pts_loss
+                    metrics.update({"train/pts_teacher_acc": float(correct.float().mean()),
+                                    "train/pts_kept": float(pts_metrics["pts_kept"]),
+                                    "train/pts_loss": pts_metrics["pts_loss"]})
+
+        # 6. Optimiser step (a non-finite loss stops the run before it corrupts weights).
+        loss_value = float(loss.detach())
+        check_finite(loss_value, step + 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm))
+        opt.step()
+
+        # 7. Log (SPEC section 10 names) and checkpoint.
+        step_seconds = time.time() - t_step
+        timing["update"] = step_seconds - timing["sample"] - timing["teacher"] - timing["ref"]
+        metrics.update({
+            "train/loss": loss_value,
+            "train/grad_norm": grad_norm,
+            "perf/step_seconds": step_seconds,
+            "perf/tokens_per_second": n_tokens / max(step_seconds, 1e-9),
+            **{f"perf/{k}_seconds": v for k, v in timing.items()},
+        })
+        if tracker is not None:
+            tracker.log_metrics(metrics, step=step + 1)
+        progress.update(step, start, metrics)
+        done = step + 1
+        if done == steps and method.family == "pg":
+            write_case_study(run_dir / "casestudy.json", problems, G, responses, rewards, cls, adv, mask)
+        if done % cfg.train.checkpoint_every == 0 or done in keep or done == steps:
+            save_checkpoint(run_dir, done, student, opt, keep)
+            if tracker is not None:
+                tracker.commit(done)
+
+    final = run_dir / "final"
+    with atomic_dir(final) as tmp:
+        student.save_pretrained(str(tmp))
+    return final

@@ -6,6 +6,8 @@
 #   snakemake --cores 2 --config scale=smoke seeds=[0]   # the whole grid in minutes
 #   snakemake --cores 2 --config runs=[opd,sgopd]        # a subset
 #   snakemake -n                                         # list every job
+import sys
+
 from snakemake.utils import min_version, validate
 
 from workbench import grid as G
@@ -28,6 +30,8 @@ GRID = f"{R}/grid.json"
 # The committed report is the mini scale's; other scales report under results/.
 REPORT = "reports" if SCALE.name == "mini" else f"{R}/report"
 EXTRA = G.extra_evals(RUNS)
+# The CLI of the Python running this workflow, whatever is on PATH.
+WB = f"{sys.executable} -m workbench"
 for run in RUNS:
     G.run_file(run)  # unknown run ids fail here, listing the valid ones
 
@@ -39,7 +43,17 @@ wildcard_constraints:
 
 rule all:
     input:
-        f"{REPORT}/REPRODUCTION.md",
+        [f"{REPORT}/REPRODUCTION.md"] if BACKEND == "mini" else [],
+        [f"{REPORT}/casestudy_sgopd.html"] if BACKEND == "mini" and "sgopd" in RUNS else [],
+        expand(f"{R}/verl-runs/{{run}}/seed{{seed}}/eval/results.json", run=RUNS, seed=SEEDS)
+        if BACKEND == "verl"
+        else [],
+
+
+# backend=verl: every grid run as a verl job on a GPU cluster, then its real-scale evaluation.
+if BACKEND == "verl":
+
+    include: "workbench/backends/verl/verl.smk"
 
 
 rule prepare:
@@ -49,7 +63,7 @@ rule prepare:
         f"{R}/logs/prepare.log",
     threads: 2
     shell:
-        "workbench prepare --scale {SCALE.world} --out {WORLD} --threads {threads} > {log} 2>&1"
+        "{WB} prepare --scale {SCALE.world} --out {WORLD} --threads {threads} > {log} 2>&1"
 
 
 rule grid_start:
@@ -58,7 +72,7 @@ rule grid_start:
     log:
         f"{R}/logs/grid_start.log",
     shell:
-        "workbench grid-start --scale {SCALE.name} --out {output} > {log} 2>&1"
+        "{WB} grid-start --scale {SCALE.name} --out {output} > {log} 2>&1"
 
 
 rule train:
@@ -73,13 +87,10 @@ rule train:
     log:
         f"{R}/logs/train/{{run}}-seed{{seed}}.log",
     threads: SCALE.threads
-    resources:
-        gpu=1 if BACKEND == "verl" else 0,
     params:
-        cmd=G.train_command(BACKEND),
         run_dir=lambda wc: f"{R}/runs/{wc.run}/seed{wc.seed}",
     shell:
-        "{params.cmd} {input.config} --run-dir {params.run_dir} --world {WORLD} --scale {SCALE.name} "
+        "{WB} train {input.config} --run-dir {params.run_dir} --world {WORLD} --scale {SCALE.name} "
         "--seed {wildcards.seed} --grid {input.grid} --threads {threads} > {log} 2>&1"
 
 
@@ -96,7 +107,7 @@ rule eval_extra:
     params:
         args=lambda wc: G.extra_eval_args(wc.extra, f"{R}/runs", wc.seed),
     shell:
-        "workbench eval {params.args} --out {output} --world {WORLD} --scale {SCALE.name} "
+        "{WB} eval {params.args} --out {output} --world {WORLD} --scale {SCALE.name} "
         "--seed {wildcards.seed} --grid {input.grid} --threads {threads} > {log} 2>&1"
 
 
@@ -106,12 +117,12 @@ rule collect:
         evals=expand(f"{R}/evals/{{extra}}/seed{{seed}}.json", extra=EXTRA, seed=SEEDS),
         grid=GRID,
     output:
-        runs=f"{R}/collect/runs.csv",
-        history=f"{R}/collect/history.csv",
+        runs=f"{R}/collect/runs.parquet",
+        history=f"{R}/collect/history.parquet",
     log:
         f"{R}/logs/collect.log",
     shell:
-        "workbench collect --grid {input.grid} --out-dir {R}/collect > {log} 2>&1"
+        "{WB} collect --grid {input.grid} --out-dir {R}/collect > {log} 2>&1"
 
 
 rule tables:
@@ -122,18 +133,18 @@ rule tables:
     log:
         f"{R}/logs/tables.log",
     shell:
-        "workbench tables --collected {R}/collect --out-dir {REPORT}/tables > {log} 2>&1"
+        "{WB} tables --collected {R}/collect --out-dir {REPORT}/tables > {log} 2>&1"
 
 
 rule figures:
     input:
         rules.collect.output,
     output:
-        f"{REPORT}/figures/fig4_avg_accuracy.png",
+        f"{REPORT}/figures/fig4_avg_bars.png",
     log:
         f"{R}/logs/figures.log",
     shell:
-        "workbench figures --collected {R}/collect --out-dir {REPORT}/figures > {log} 2>&1"
+        "{WB} figures --collected {R}/collect --out-dir {REPORT}/figures > {log} 2>&1"
 
 
 rule report:
@@ -145,4 +156,17 @@ rule report:
     log:
         f"{R}/logs/report.log",
     shell:
-        "workbench report --collected {R}/collect --out-dir {REPORT} --scale {SCALE.name} > {log} 2>&1"
+        "{WB} report --collected {R}/collect --out-dir {REPORT} --reuse-figures --reuse-tables "
+        "--command 'snakemake --cores 2 --config scale={SCALE.name}' > {log} 2>&1"
+
+
+rule casestudy:
+    input:
+        f"{R}/runs/sgopd/seed{SEEDS[0]}/eval.json",
+    output:
+        f"{REPORT}/casestudy_sgopd.html",
+    log:
+        f"{R}/logs/casestudy.log",
+    shell:
+        "{WB} casestudy {R}/runs/sgopd/seed{SEEDS[0]}/casestudy.json --out {output} "
+        "--title 'SG-OPD, seed {SEEDS[0]}: the last step of training' > {log} 2>&1"

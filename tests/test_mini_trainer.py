@@ -89,6 +89,17 @@ def test_every_grid_run_trains_and_evaluates(run, smoke_world, tmp_path_factory,
     assert train_run(RUNS / f"{run}.yaml", run_dir=run_dir, world=smoke_world, overrides=overrides) == result
 
 
+def test_intermediate_evaluations_are_logged(smoke_world, tmp_path, store):
+    run_dir = tmp_path / "sgopd"
+    train_run(RUNS / "sgopd.yaml", run_dir=run_dir, world=smoke_world,
+              overrides=SMOKE + ["train.steps=4", "train.eval_every=2"])
+    evals = [r["step"] for r in load_history(run_dir) if "eval/avg_at_k" in r]
+    assert evals == [2, 4]  # step 2 from the trainer, step 4 the final evaluation
+    run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    hist = mlflow.tracking.MlflowClient().get_metric_history(run_id, "eval/bench1/avg_at_k")
+    assert [m.step for m in hist] == [2, 4]
+
+
 def test_single_source_trains_on_its_source_only(smoke_world):
     from workbench.mini.trainer import World
 
@@ -171,3 +182,17 @@ def test_eval_cli_on_world_models(smoke_world, tmp_path):
     for b in res["benchmarks"].values():
         assert len(b["correct"]) > 0 and all(0 <= c <= 3 for c in b["correct"])
     assert "AVG" in r.stdout
+
+
+def test_a_changed_config_starts_the_run_directory_afresh(smoke_world, tmp_path, store):
+    run_dir = tmp_path / "opd"
+    first = train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE)
+    first_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
+    # Same config: nothing is redone.
+    assert train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE) == first
+    # A different learning rate is a different run: a new MLflow run, a fresh history.
+    train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE + ["optim.lr=0.01"])
+    state = json.loads((run_dir / "tracking.json").read_text())
+    assert state["run_id"] != first_id
+    assert [r["step"] for r in load_history(run_dir) if "train/loss" in r] == [1, 2, 3]
+    assert load_config(run_dir / "config.yaml").optim.lr == 0.01

@@ -15,16 +15,16 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 torch.set_num_threads(2)
 
-from workbench.mini import task as T  # noqa: E402
-from workbench.mini.models import build_model, count_params  # noqa: E402
-from workbench.mini.prepare import (  # noqa: E402
+from workbench.mini import task as T
+from workbench.mini.models import build_model, count_params
+from workbench.mini.prepare import (
     evaluate_accuracy,
     generate,
     generate_no_cache,
     make_batch,
     prepare,
 )
-from workbench.mini.tokenizer import (  # noqa: E402
+from workbench.mini.tokenizer import (
     BOS_ID,
     CODEC,
     EOS_ID,
@@ -82,21 +82,45 @@ def test_verify_accepts_every_reference_and_noisy_style():
             assert T.verify(p, T.solve(p.prompt, order="right"))
             assert T.evaluate(p.prompt) == p.answer
             # the final answer is what a python evaluation of the expression gives
-            assert eval(p.prompt[:-1]) == p.answer  # noqa: S307 (digits and + - * only)
+            assert eval(p.prompt[:-1]) == p.answer
     # heavy noise: most noisy solutions end on a wrong answer
     probs = [p for ps in task.benchmarks().values() for p in ps if p.n_ops >= 3]
     wrong = sum(not T.verify(p, T.solve(p.prompt, noise=0.5, rng=rng)) for p in probs)
     assert wrong > len(probs) // 2
 
 
+def test_student_style_shortcuts_and_order_stay_correct():
+    rng = random.Random(0)
+    task = T.get_task("arith", seed=2, bench_size=40, val_size=8)
+    probs = task.benchmarks()["bench4"]
+    style = T.Style(order="right", order_p=1.0, skip=1.0)
+    n_steps_ref = n_steps_skip = 0
+    for p in probs:
+        text = style.render(p, rng)
+        assert T.verify(p, text)  # shortcuts skip steps, never change the answer
+        n_steps_ref += p.solution.count(";")
+        n_steps_skip += text.count(";")
+    assert n_steps_skip < 0.6 * n_steps_ref  # skip=1 merges reductions pairwise
+    assert T.Style().render(probs[0], rng) == probs[0].solution  # teacher style = reference
+    mixed = T.Style(order="right", order_p=0.5)
+    outs = {mixed.render(T.Problem("x", "t", "3*4+5*6=", 42, 3, T.solve("3*4+5*6=")), rng)
+            for _ in range(40)}
+    assert outs == {"12+5*6;12+30;#42", "3*4+30;12+30;#42"}  # both orders occur
+
+
 def test_intermediate_values_bounded():
     task = T.get_task("arith", seed=1, bench_size=30, val_size=10)
-    for ps in task.benchmarks().values():
+    bounds = {b.name: b.level.max_value for b in task.benchmarks_spec}
+    assert bounds == {"bench1": T.MAX_VALUE, "bench2": T.MAX_VALUE,
+                      "bench3": T.LARGE_VALUE, "bench4": T.LARGE_VALUE}
+    for name, ps in task.benchmarks().items():
         for p in ps:
             nums, ops = T.parse_expression(p.prompt)
             for order in ("left", "right"):
                 for state in T.trajectory(nums, ops, order):
-                    assert all(0 <= v <= T.MAX_VALUE for v in state)
+                    assert all(0 <= v <= bounds[name] for v in state)
+    # the large levels do use their larger range
+    assert any(p.answer > T.MAX_VALUE for p in task.benchmarks()["bench4"])
 
 
 def test_generators_deterministic_and_seed_dependent():
@@ -249,14 +273,14 @@ def test_make_batch_labels_are_shifted_response():
 
 
 @pytest.fixture(scope="module")
-def smoke_world(tmp_path_factory):
+def mini_smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "smoke"
     man = prepare(out, seed=0, scale="smoke")
     return out, man
 
 
-def test_prepare_writes_world(smoke_world):
-    out, man = smoke_world
+def test_prepare_writes_world(mini_smoke):
+    out, man = mini_smoke
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == man
     assert man["seed"] == 0 and man["scale"] == "smoke" and len(man["config_hash"]) == 16
@@ -272,10 +296,10 @@ def test_prepare_writes_world(smoke_world):
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]
 
 
-def test_prepare_models_load_with_auto_classes(smoke_world):
+def test_prepare_models_load_with_auto_classes(mini_smoke):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out, man = smoke_world
+    out, man = mini_smoke
     for role in ("teacher", "student"):
         m = AutoModelForCausalLM.from_pretrained(str(out / role))
         assert count_params(m) == man["models"][role]["params"]
@@ -285,20 +309,25 @@ def test_prepare_models_load_with_auto_classes(smoke_world):
         assert logits.shape == (1, 5, VOCAB_SIZE)
 
 
-def test_prepare_reuses_cache_and_rebuilds_on_change(smoke_world):
-    out, man = smoke_world
+def test_prepare_reuses_cache_and_rebuilds_on_change(mini_smoke):
+    out, man = mini_smoke
     stamp = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
     again = prepare(out, seed=0, scale="smoke")
     assert again == man
     assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == stamp
     # a different config is a different hash: rebuilt in place
-    other = prepare(out, seed=0, scale="smoke", overrides={"student_noise": 0.2})
+    other = prepare(out, seed=0, scale="smoke", overrides={"student_style": T.Style(order="right", skip=0.9)})
     assert other["config_hash"] != man["config_hash"]
     assert json.loads((out / "manifest.json").read_text())["config_hash"] == other["config_hash"]
+    # only the student's recipe changed: the teacher is carried over, the student retrained
+    assert other["models"]["teacher"]["reused"] and not other["models"]["student"]["reused"]
+    assert other["models"]["teacher"]["hash"] == man["models"]["teacher"]["hash"]
+    assert other["models"]["student"]["hash"] != man["models"]["student"]["hash"]
+    assert (out / "teacher" / "model.safetensors").exists()
 
 
-def test_prepare_deterministic(smoke_world, tmp_path):
-    out, man = smoke_world
+def test_prepare_deterministic(mini_smoke, tmp_path):
+    out, man = mini_smoke
     man2 = prepare(tmp_path / "w2", seed=0, scale="smoke")
     assert man2["config_hash"] == man["config_hash"]
     for role in ("teacher", "student"):
@@ -310,8 +339,8 @@ def test_prepare_deterministic(smoke_world, tmp_path):
         prepare(tmp_path / "w3", scale="huge")
 
 
-def test_evaluate_accuracy_counts(smoke_world):
-    out, _ = smoke_world
+def test_evaluate_accuracy_counts(mini_smoke):
+    out, _ = mini_smoke
     from workbench.mini.prepare import load_world
 
     w = load_world(out)

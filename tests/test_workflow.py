@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,67 @@ def test_bad_workflow_config_fails_before_any_job(tmp_path):
 def test_profiles_parse(tmp_path):
     out = snakemake("-n", "--profile", "profiles/default", "--config", "scale=smoke", f"results={tmp_path}").stdout
     assert "Job stats:" in out
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, "the workflow ended early"
+        assert time.time() < deadline, f"{path} did not appear"
+        time.sleep(0.5)
+
+
+def _run_workflow(args: list[str], env: dict, timeout: float = 900) -> str:
+    r = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--nolock", *args], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, **env}, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def check_smoke_outputs(results: Path, tracking_uri: str, runs: list[str], seeds: list[int]) -> None:
+    import mlflow
+
+    report = (results / "smoke" / "report" / "REPRODUCTION.md").read_text()
+    for word in ("Table 1", "Table 2", "Table 3", "29.53", "verdict"):
+        assert word in report, word
+    assert (results / "smoke" / "report" / "tables" / "table1.csv").exists()
+    assert (results / "smoke" / "report" / "figures" / "fig4_avg_bars.png").stat().st_size > 5000
+    if "sgopd" in runs:
+        assert "consensus" in (results / "smoke" / "report" / "casestudy_sgopd.html").read_text()
+    client = mlflow.tracking.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("sgopd-smoke")
+    children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+    trained = [(r.data.tags["run"], r.data.tags["seed"]) for r in children if r.data.tags.get("workbench.kind") != "eval"]
+    assert sorted(trained) == sorted((run, str(s)) for run in runs for s in seeds)  # one MLflow run each
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["run"] for r in children if r.data.tags.get("workbench.kind") == "eval"} == set(
+        G.EXTRA_EVALS[e] for e in G.extra_evals(runs))
+
+
+def test_smoke_subset_end_to_end_and_an_interrupted_workflow_resumes(tmp_path):
+    runs = ["opd", "sgopd", "timesep-1.5"]  # every rule, stage dependencies and sgopd@90% included
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    args = ["--config", "scale=smoke", "seeds=[0]", f"runs=[{','.join(runs)}]", f"results={tmp_path}"]
+    proc = subprocess.Popen([str(SNAKEMAKE), "--cores", "2", "--nolock", *args], cwd=REPO, env={**os.environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for(tmp_path / "smoke" / "runs" / "opd" / "seed0" / "eval.json", proc)
+    finally:
+        proc.send_signal(signal.SIGINT)  # as a user's Ctrl-C
+        proc.wait(timeout=120)
+    assert not (tmp_path / "smoke" / "report" / "REPRODUCTION.md").exists()
+
+    out = _run_workflow(args, env)
+    # Only unfinished jobs ran again (a job killed after writing its output counts as
+    # unfinished), and interrupted trainings resumed into their MLflow runs.
+    assert job_counts(out).get("train", 0) < 4
+    check_smoke_outputs(tmp_path, uri, ["opd", "sgopd", "timesep-stage1", "timesep-1.5"], [0])
+    assert "Nothing to be done" in _run_workflow(args, env)
+
+
+@pytest.mark.slow
+def test_the_whole_smoke_grid_end_to_end(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _run_workflow(["--config", "scale=smoke", f"results={tmp_path}"], {"MLFLOW_TRACKING_URI": uri}, timeout=3600)
+    check_smoke_outputs(tmp_path, uri, G.run_ids(), list(G.load_scale("smoke").seeds))

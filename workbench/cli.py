@@ -102,6 +102,52 @@ def _grid_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collect(args: argparse.Namespace) -> int:
+    from workbench.analysis import collect
+    from workbench.runner import read_grid
+    from workbench.tracking import default_tracking_uri
+
+    grid = read_grid(args.grid)
+    out = collect(args.tracking_uri or default_tracking_uri(), grid["experiment"], args.out_dir,
+                  parent_run_id=grid["parent_run_id"])
+    print(f"collected {grid['experiment']} into {out}")
+    return 0
+
+
+def _tables(args: argparse.Namespace) -> int:
+    from workbench.analysis import write_tables
+    from workbench.analysis.load import Runs
+
+    for path in write_tables(Runs.read(args.collected), args.out_dir):
+        print(path)
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from workbench.analysis import write_figures
+    from workbench.analysis.load import Runs
+
+    for path in write_figures(Runs.read(args.collected), args.out_dir):
+        print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from workbench.analysis import write_report
+    from workbench.analysis.load import Runs
+
+    print(write_report(Runs.read(args.collected), args.out_dir, make_figures=not args.reuse_figures,
+                       write_table_files=not args.reuse_tables, command=args.command))
+    return 0
+
+
+def _casestudy(args: argparse.Namespace) -> int:
+    from workbench.analysis import write_casestudy
+
+    print(write_casestudy(args.rollouts, args.out, title=args.title))
+    return 0
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -183,6 +229,36 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--out", required=True, help="grid file to write (experiment and parent run id)")
     gs.add_argument("--experiment", default=None, help="MLflow experiment (default: sgopd-SCALE)")
     gs.set_defaults(handler=_grid_start)
+
+    co = verbs.add_parser("collect", help="load a grid's runs and histories from MLflow into a snapshot")
+    co.add_argument("--grid", required=True, help="grid file from `workbench grid-start`")
+    co.add_argument("--out-dir", required=True)
+    co.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or results/mlflow.db")
+    co.set_defaults(handler=_collect)
+    for verb, fn, what in (("tables", _tables, "Tables 1-3 as Markdown, LaTeX and CSV, beside the paper's numbers"),
+                           ("figures", _figures, "Figs 4-7 and the PTS schedule, PNG and PDF")):
+        p = verbs.add_parser(verb, help=f"render {what}")
+        p.add_argument("--collected", required=True, help="snapshot directory from `workbench collect`")
+        p.add_argument("--out-dir", required=True)
+        p.set_defaults(handler=fn)
+    rp = verbs.add_parser("report", help="write REPRODUCTION.md: tables, claims with verdicts, figures, provenance")
+    rp.add_argument("--collected", required=True)
+    rp.add_argument("--out-dir", required=True)
+    rp.add_argument("--reuse-figures", action="store_true", help="link the figures already in OUT_DIR/figures")
+    rp.add_argument("--reuse-tables", action="store_true", help="do not rewrite OUT_DIR/tables")
+    rp.add_argument("--command", default=None, help="the command line to record (default: this one)")
+    rp.set_defaults(handler=_report)
+    cs = verbs.add_parser("casestudy", help="render rollouts' tokens coloured by consensus / conflict / neutral (HTML)")
+    cs.add_argument("rollouts", help="a run's casestudy.json")
+    cs.add_argument("--out", required=True)
+    cs.add_argument("--title", default="Conflict-token case study")
+    cs.set_defaults(handler=_casestudy)
+
+    # The verl backend's verbs (verl-overrides, verl-check, verl-launch, realscale-eval, ...):
+    # registering them imports neither verl nor torch.
+    from workbench.backends.verl.cli import add_verbs as add_verl_verbs
+
+    add_verl_verbs(verbs)
 
     lister = verbs.add_parser("list", help="list the names a registry accepts")
     lister.add_argument("kind", choices=("methods", "fallbacks", "stability", "backends"))

@@ -117,7 +117,3 @@ def extra_eval_args(extra: str, runs_root: str, seed: int | str) -> str:
         return f"{runs_root}/sgopd/seed{seed} --at-frac 0.9 --name '{label}'"
     return f"{extra} --name {label}"
 
-
-def train_command(backend: str) -> str:
-    """The CLI verb that trains one run with ``backend``."""
-    return {"mini": "workbench train", "verl": "workbench verl-train"}[backend]

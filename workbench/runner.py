@@ -6,6 +6,8 @@ The CLI, Snakemake rules, Optuna trials and tests all come through here.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -51,16 +53,22 @@ def train_run(config: str | Path | RunConfig, *, run_dir: str | Path, world: str
               overrides: Overrides = (), scale: str | None = None, experiment: str = "sgopd-mini",
               parent_run_id: str | None = None, evaluate_final: bool = True) -> dict | None:
     """Train (or resume) one run and evaluate its final model; returns the evaluation."""
-    from workbench.tracking import Tracker, standard_tags
+    from workbench.tracking import Tracker, load_history, standard_tags
 
     cfg = resolve_config(config, scale=scale, overrides=overrides)
     if cfg.backend != "mini":
         raise SystemExit(f"backend {cfg.backend!r}: `workbench train` runs the mini backend; "
-                         "verl jobs are launched with `workbench verl-train`")
+                         "verl jobs are launched with `workbench verl-launch` (docs/verl.md)")
     from workbench.mini.trainer import World, train
 
     run_dir = Path(run_dir)
     done = run_dir / "eval.json"
+    previous = run_dir / "config.yaml"
+    if previous.exists() and load_config(previous).config_hash() != cfg.config_hash():
+        # A different config is a different run: resuming would mix two experiments.
+        print(f"{run_dir}: the run config changed since this directory was trained; starting afresh",
+              file=sys.stderr)
+        shutil.rmtree(run_dir)
     if evaluate_final and done.exists() and (run_dir / "final").exists():
         return json.loads(done.read_text())  # finished earlier: a rerun changes nothing
     with Tracker(run_dir, experiment=experiment, run_name=f"{cfg.name or run_dir.name}-seed{cfg.seed}",
@@ -70,7 +78,10 @@ def train_run(config: str | Path | RunConfig, *, run_dir: str | Path, world: str
             return None
         result = _evaluate(final, World.open(world), cfg)
         atomic_write_json(run_dir / "eval.json", result)
-        _log_eval(tracker, result, cfg.train.total_steps)
+        # An earlier attempt may have logged the evaluation before it was stopped.
+        last = cfg.train.total_steps
+        if not any("eval/avg_at_k" in r and r["step"] == last for r in load_history(run_dir)):
+            _log_eval(tracker, result, last)
         if (run_dir / "casestudy.json").exists():
             tracker.log_artifact(run_dir / "casestudy.json")
         return result
@@ -119,8 +130,10 @@ def eval_model(model: str, *, world: str | Path, out: str | Path, config: str | 
         from workbench.tracking import Tracker
 
         label = name or Path(model).name
+        track_dir = Path(out).with_suffix(".mlflow")
+        shutil.rmtree(track_dir, ignore_errors=True)  # an evaluation is redone whole: a fresh MLflow run
         tags = {"run": label, "seed": str(cfg.seed), "workbench.kind": "eval", "group": "extra", "backend": cfg.backend}
-        with Tracker(Path(out).with_suffix(".mlflow"), experiment=g["experiment"], run_name=f"{label}-seed{cfg.seed}",
+        with Tracker(track_dir, experiment=g["experiment"], run_name=f"{label}-seed{cfg.seed}",
                      tags=tags, config={"eval": cfg.eval.model_dump(mode="json"), "model": str(model)},
                      parent_run_id=g["parent_run_id"]) as tracker:
             _log_eval(tracker, result, 0)

@@ -10,9 +10,9 @@ Size presets (parameters with the 20-token vocabulary, tied embeddings):
 preset         hidden  layers heads   ffn    params
 =============  ======  =====  ======  =====  ========
 teacher        128     4      4x32    512    ~1.05M
-student        64      3      4x16    192    ~0.11M
-smoke-teacher  32      2      2x16    64     ~17K
-smoke-student  16      1      2x8     32     ~2.5K
+student        64      3      4x16    192    ~0.16M
+smoke-teacher  32      2      2x16    64     ~21K
+smoke-student  16      1      2x8     32     ~3K
 =============  ======  =====  ======  =====  ========
 """
 

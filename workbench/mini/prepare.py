@@ -12,10 +12,10 @@
       teacher/                  HF Qwen3ForCausalLM + tokenizer (AutoModelForCausalLM)
       student/                  same, the untrained student (``student-init``)
 
-The teacher is SFT'd on its canonical solutions (leftmost multiplication first); the
-student is a smaller model SFT'd briefly on its *own* style (rightmost multiplication
-first, optionally with noisy arithmetic): a weak student whose trajectories differ from
-the teacher's at cold start. Design notes and measurements: docs/mini-world.md.
+The teacher is SFT'd on its canonical solutions (leftmost multiplication first, one
+operation per step); the student is a smaller model SFT'd on its *own* style (mostly the
+other order, frequent two-operation shortcuts): a weak student whose trajectories differ
+from the teacher's at cold start. Design notes and measurements: docs/mini-world.md.
 
 Also here, because the trainer reuses them: :func:`generate` (batched KV-cache sampling),
 :func:`evaluate_accuracy` and :func:`sft_train`.
@@ -31,15 +31,15 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .models import build_model, count_params, load_model
-from .task import Problem, get_task, verify, write_jsonl
+from .task import Problem, Style, get_task, verify, write_jsonl
 from .tokenizer import CODEC, EOS_ID, PAD_ID, save_tokenizer
 
 WORLD_VERSION = 1  # bump when data generation or training semantics change
@@ -303,6 +303,12 @@ def sft_train(model, pairs_iter: Iterator[tuple[list[int], list[int]]], cfg: SFT
 # world configuration
 
 
+#: canonical: leftmost product first, one operation per step
+TEACHER_STYLE = Style()
+#: the student's own "pre-training" style: mostly the other order, frequent shortcuts
+STUDENT_STYLE = Style(order="right", order_p=0.75, skip=0.4)
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """Everything that determines the prepared world (hashed into the manifest)."""
@@ -313,56 +319,78 @@ class WorldConfig:
     pool_size: int = 4000            # RL prompts per training source
     teacher_size: str = "teacher"
     student_size: str = "student"
-    teacher_sft: SFTConfig = SFTConfig(steps=1000, batch_size=128, lr=3e-3, warmup=50)
-    student_sft: SFTConfig = SFTConfig(steps=300, batch_size=64, lr=3e-3, warmup=30)
-    teacher_order: str = "left"
-    student_order: str = "right"     # the student's own solution style
-    student_noise: float = 0.0       # per-step arithmetic slip rate in the student's data
+    teacher_sft: SFTConfig = SFTConfig(steps=1400, batch_size=128, lr=3e-3, warmup=50)
+    # the student is small and cheap: 4000 short steps (~2 min) teach it single-step
+    # arithmetic, but its own style (shortcuts, other order) keeps it weak
+    student_sft: SFTConfig = SFTConfig(steps=4000, batch_size=64, lr=3e-3, warmup=50)
+    teacher_style: Style = TEACHER_STYLE
+    student_style: Style = STUDENT_STYLE
     eval_sample_k: int = 4           # samples per problem for the T=1.0 accuracy report
     eval_train_size: int = 400       # problems drawn from the training distribution for eval
+    eval_max_new_tokens: int | None = None  # None: longest benchmark solution + slack
 
 
 SCALES: dict[str, WorldConfig] = {
     "mini": WorldConfig(),
     # tiny models, few steps: exercises every code path in seconds; accuracies meaningless
     "smoke": WorldConfig(
-        bench_size=12, val_size=12, pool_size=40,
+        bench_size=6, val_size=8, pool_size=40,
         teacher_size="smoke-teacher", student_size="smoke-student",
         teacher_sft=SFTConfig(steps=6, batch_size=16, warmup=2, bucket=2),
         student_sft=SFTConfig(steps=4, batch_size=16, warmup=2, bucket=2),
-        eval_sample_k=1, eval_train_size=16,
+        eval_sample_k=1, eval_train_size=8, eval_max_new_tokens=12,
     ),
 }
 
 
-def config_hash(cfg: WorldConfig, seed: int) -> str:
-    blob = json.dumps({"version": WORLD_VERSION, "seed": seed, "cfg": asdict(cfg)},
-                      sort_keys=True)
+def _hash(obj) -> str:
+    blob = json.dumps({"version": WORLD_VERSION, **obj}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_hash(cfg: WorldConfig, seed: int) -> str:
+    """Hash of everything that determines the world."""
+    return _hash({"seed": seed, "cfg": asdict(cfg)})
+
+
+_ROLE_FIELDS = {
+    "teacher": ("teacher_size", "teacher_sft", "teacher_style"),
+    "student": ("student_size", "student_sft", "student_style"),
+}
+# fields that change the task data (held-out prompts are skipped by training streams)
+_TASK_FIELDS = ("task", "bench_size", "val_size")
+
+
+def role_hash(cfg: WorldConfig, seed: int, role: str) -> str:
+    """Hash of what determines one trained model *and its accuracy report*: changing the
+    student's recipe does not retrain the teacher (and vice versa)."""
+    d = asdict(cfg)
+    keys = _TASK_FIELDS + _ROLE_FIELDS[role] + ("eval_sample_k", "eval_train_size",
+                                                 "eval_max_new_tokens")
+    return _hash({"seed": seed, "role": role, **{k: d[k] for k in keys}})
 
 
 # --------------------------------------------------------------------------------------
 # prepare
 
 
-def _pairs(task, sources: Sequence[str], stream_seed: str, order: str, noise: float,
+def _pairs(task, sources: Sequence[str], stream_seed: str, style: Style,
            seed: int) -> Iterator[tuple[list[int], list[int]]]:
-    """Endless ``(prompt_ids, response_ids)`` SFT pairs in a given solution style."""
-    from .task import solve
-
+    """Endless ``(prompt_ids, response_ids)`` SFT pairs written in ``style``."""
     rng = random.Random(f"pairs:{seed}:{stream_seed}")
     for p in task.stream(list(sources), stream_seed):
-        text = p.solution if (order == "left" and noise == 0.0) else solve(p.prompt, order, noise, rng)
-        yield CODEC.encode_prompt(p.prompt), CODEC.encode_response(text)
+        yield CODEC.encode_prompt(p.prompt), CODEC.encode_response(style.render(p, rng))
 
 
 def _accuracy_report(model, benches: dict[str, list[Problem]], train_eval: list[Problem],
-                     k: int, seed: int) -> dict:
+                     k: int, seed: int, max_new: int) -> dict:
     rep: dict = {"greedy": {}, "sampled_t1": {}}
     for name, probs in [("train_dist", train_eval)] + list(benches.items()):
-        rep["greedy"][name] = round(evaluate_accuracy(model, probs, greedy=True)["acc"], 4)
+        rep["greedy"][name] = round(evaluate_accuracy(
+            model, probs, greedy=True, max_new_tokens=max_new)["acc"], 4)
         rep["sampled_t1"][name] = round(evaluate_accuracy(
-            model, probs, greedy=False, temperature=1.0, k=k, seed=seed)["acc"], 4)
+            model, probs, greedy=False, temperature=1.0, k=k, seed=seed,
+            max_new_tokens=max_new)["acc"], 4)
     for mode in ("greedy", "sampled_t1"):
         rep[mode]["bench_avg"] = round(sum(rep[mode][b] for b in benches) / len(benches), 4)
     return rep
@@ -372,7 +400,7 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
             overrides: dict | None = None, force: bool = False, verbose: bool = False) -> dict:
     """Build (or reuse) the miniature world in ``out_dir``; returns the manifest dict.
 
-    ``overrides``: ``WorldConfig`` fields to replace (e.g. ``{"student_noise": 0.1}``).
+    ``overrides``: ``WorldConfig`` fields to replace (e.g. ``{"student_sft": SFTConfig(...)}``).
     If ``out_dir/manifest.json`` exists with the same config hash (and not ``force``),
     nothing is rebuilt. Everything is written to a sibling temp dir first and renamed into
     place, so a crash never leaves a half-written world behind a valid manifest.
@@ -409,22 +437,35 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
         train_eval_stream = task.stream(list(task.sources), "eval")
         train_eval = [next(train_eval_stream) for _ in range(cfg.eval_train_size)]
 
+        old_models: dict = {}
+        if man_path.exists() and not force:
+            old_models = json.loads(man_path.read_text()).get("models", {})
         models_info = {}
-        for role, size, sft_cfg, order, noise in (
-            ("teacher", cfg.teacher_size, cfg.teacher_sft, cfg.teacher_order, 0.0),
-            ("student", cfg.student_size, cfg.student_sft, cfg.student_order, cfg.student_noise),
+        for role, size, sft_cfg, style in (
+            ("teacher", cfg.teacher_size, cfg.teacher_sft, cfg.teacher_style),
+            ("student", cfg.student_size, cfg.student_sft, cfg.student_style),
         ):
+            rh = role_hash(cfg, seed, role)
+            if old_models.get(role, {}).get("hash") == rh and (out_dir / role).is_dir():
+                # same recipe in the previous world: reuse the trained model as is
+                shutil.copytree(out_dir / role, tmp / role)
+                models_info[role] = {**old_models[role], "reused": True}
+                if log:
+                    log(role, "reused from the previous world (same recipe)")
+                continue
             t0 = time.time()
             model = build_model(size, seed=seed * 1000 + (1 if role == "teacher" else 2))
-            pairs = _pairs(task, list(task.sources), f"sft-{role}", order, noise, seed)
+            pairs = _pairs(task, list(task.sources), f"sft-{role}", style, seed)
             hist = sft_train(model, pairs, sft_cfg, seed=seed * 1000 + 7,
                              log=(lambda r, role=role: log(role, r)) if log else None)
             train_s = time.time() - t0
-            acc = _accuracy_report(model, benches, train_eval, cfg.eval_sample_k, seed)
+            max_new = cfg.eval_max_new_tokens or max_response_tokens(
+                [p for ps in benches.values() for p in ps])
+            acc = _accuracy_report(model, benches, train_eval, cfg.eval_sample_k, seed, max_new)
             model.save_pretrained(str(tmp / role))
             tokenizer.save_pretrained(str(tmp / role))
             models_info[role] = {
-                "params": count_params(model), "size": size, "train_seconds": round(train_s, 1),
+                "hash": rh, "reused": False, "params": count_params(model), "size": size, "train_seconds": round(train_s, 1),
                 "eval_seconds": round(time.time() - t0 - train_s, 1), "sft_log": hist,
                 "accuracy": acc,
             }

@@ -5,18 +5,19 @@ ending in ``=``; the response rewrites the expression one operation at a time (a
 step ends with ``;``) and gives the final answer after the marker ``#`` (the analogue of
 ``\\boxed{}``)::
 
-    prompt    37+42*6-5=
-    response  37+252-5;289-5;#284
+    prompt    37+4*6-5=
+    response  37+24-5;61-5;#56
 
 Why this shape (see docs/mini-world.md): every step is a small local computation, so a tiny
 model can learn it, but a 5-operator chain needs 4 correct rewrites plus the answer, so
 early slips compound (exposure bias); the last rewrite state is always explicit, so a
 teacher can score a student's step given the student's own (possibly wrong) history.
 
-Solution *order* is a style: when several multiplications are pending, the teacher's
-canonical order reduces the leftmost one first (``order="left"``), the student's own
-pre-training data reduces the rightmost one first (``order="right"``). Both are correct,
-so the verifier is indifferent while the teacher is not (a source of conflict tokens).
+Solutions have a *style* (:class:`Style`). The teacher's canonical style reduces the
+leftmost pending multiplication first and one operation per step. The student's own
+"pre-training" style mostly reduces the rightmost multiplication first (equally correct:
+the verifier is indifferent, the teacher is not, a source of conflict tokens) and often
+takes shortcuts (two operations in one step), which a small model gets wrong more often.
 
 Everything is deterministic from a seed (``random.Random`` seeded with a string, which is
 stable across processes and Python versions).
@@ -26,9 +27,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 OPS = ("+", "-", "*")
 ANSWER_MARK = "#"
@@ -38,6 +39,8 @@ PROMPT_END = "="
 #: no signs and at most two digits, so that every step is small arithmetic a tiny model
 #: learns in minutes (three-digit values took far longer: docs/mini-world.md).
 MAX_VALUE = 99
+#: Bound of the "large" levels (harder: rarer in training, three-digit values).
+LARGE_VALUE = 199
 
 
 # --------------------------------------------------------------------------------------
@@ -60,7 +63,7 @@ class Problem:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> "Problem":
+    def from_dict(cls, d: Mapping) -> Problem:
         return cls(**{k: d[k] for k in ("id", "source", "prompt", "answer", "n_ops", "solution")})
 
 
@@ -126,24 +129,50 @@ def trajectory(nums: Sequence[int], ops: Sequence[str], order: str = "left") -> 
 
 
 def solve(prompt: str, order: str = "left", noise: float = 0.0,
-          rng: random.Random | None = None) -> str:
-    """Worked-step response for ``prompt``.
+          rng: random.Random | None = None, skip: float = 0.0) -> str:
+    """Worked-step response for ``prompt`` (the exact reference when ``noise = skip = 0``).
 
-    ``noise`` > 0 makes each reduction, with that probability, write a slightly wrong value
-    (off by a small amount, never negative); the chain then continues consistently from
-    the wrong value, like a sloppy but self-consistent solver (used for the student's
-    pre-training data only).
+    Style knobs (used for the student's pre-training data only; need ``rng``):
+
+    * ``skip``: each written step, with this probability, merges the next reduction too
+      (a shortcut: two operations in one step, harder to get right for a small model);
+    * ``noise``: each reduction, with this probability, writes a slightly wrong value (off
+      by a small amount, never negative) and the chain continues consistently from it,
+      like a sloppy but self-consistent solver.
     """
     nums, ops = parse_expression(prompt)
     steps: list[str] = []
     while ops:
-        i = _pick(ops, order)
-        nums, ops = reduce_once(nums, ops, order)
-        if noise > 0.0 and rng is not None and rng.random() < noise:
-            nums[i] = max(0, nums[i] + rng.choice((-10, -2, -1, 1, 2, 10)))
+        n_reductions = 2 if (skip > 0.0 and rng is not None and len(ops) >= 2
+                             and rng.random() < skip) else 1
+        for _ in range(n_reductions):
+            i = _pick(ops, order)
+            nums, ops = reduce_once(nums, ops, order)
+            if noise > 0.0 and rng is not None and rng.random() < noise:
+                nums[i] = max(0, nums[i] + rng.choice((-10, -2, -1, 1, 2, 10)))
         steps.append(render(nums, ops))
     final = steps.pop() if steps else render(nums, ops)
     return "".join(s + STEP_END for s in steps) + ANSWER_MARK + final
+
+
+@dataclass(frozen=True)
+class Style:
+    """How a solver writes its solutions (what a model's SFT data looks like).
+
+    ``order_p``: probability that a solution uses ``order`` (else the canonical ``"left"``);
+    ``skip`` / ``noise``: see :func:`solve`. The default is the teacher's canonical style.
+    """
+
+    order: str = "left"
+    order_p: float = 1.0
+    skip: float = 0.0
+    noise: float = 0.0
+
+    def render(self, problem: Problem, rng: random.Random) -> str:
+        if self.order == "left" and self.skip == 0.0 and self.noise == 0.0:
+            return problem.solution
+        order = self.order if rng.random() < self.order_p else "left"
+        return solve(problem.prompt, order, self.noise, rng, self.skip)
 
 
 def evaluate(prompt: str) -> int:
@@ -163,7 +192,7 @@ def extract_answer(response_text: str) -> str | None:
     return response_text[i + 1:].strip()
 
 
-def verify(problem: "Problem | Mapping | int", response_text: str) -> bool:
+def verify(problem: Problem | Mapping | int, response_text: str) -> bool:
     """Binary reward: True iff the response has exactly one ``#`` followed by exactly the
     correct integer (and nothing else). ``problem`` is a :class:`Problem`, a dict with an
     ``answer`` key, or the answer itself. Worked steps are not checked (outcome reward)."""
@@ -282,29 +311,38 @@ class ArithTask:
 
     def __post_init__(self) -> None:
         if not self.sources:
+            # Two levels of number size: "small" keeps every value <= 99, "large" allows up
+            # to 199 (three-digit carries; rarer in training, hence harder for every model).
+            def lv(n, big=False, **kw):
+                return Level(n, max_value=LARGE_VALUE if big else MAX_VALUE, **kw)
+
+            A = {"op_weights": _MIXED}
+            B = {"max_operand": 50, "op_weights": _PRODUCTS}
             self.sources = {
                 "A": Source("A", (
-                    (Level(1, op_weights=_MIXED), 0.10),
-                    (Level(2, op_weights=_MIXED), 0.25),
-                    (Level(3, op_weights=_MIXED), 0.30),
-                    (Level(4, op_weights=_MIXED), 0.20),
-                    (Level(5, op_weights=_MIXED), 0.15),
-                ), "operands 1-99, additive-heavy operator mix, 1-5 operators"),
+                    (lv(1, **A), 0.08), (lv(2, **A), 0.20), (lv(3, **A), 0.22),
+                    (lv(4, **A), 0.15), (lv(5, **A), 0.10),
+                    (lv(3, True, **A), 0.10), (lv(4, True, **A), 0.08), (lv(5, True, **A), 0.07),
+                ), "operands 1-99, additive-heavy operator mix, 1-5 operators, "
+                   "values <= 99 (75%) or <= 199 (25%)"),
                 "B": Source("B", (
-                    (Level(2, max_operand=50, op_weights=_PRODUCTS), 0.25),
-                    (Level(3, max_operand=50, op_weights=_PRODUCTS), 0.35),
-                    (Level(4, max_operand=50, op_weights=_PRODUCTS), 0.25),
-                    (Level(5, max_operand=50, op_weights=_PRODUCTS), 0.15),
-                ), "operands 1-50, multiplication-heavy operator mix, 2-5 operators"),
+                    (lv(2, **B), 0.20), (lv(3, **B), 0.25), (lv(4, **B), 0.15),
+                    (lv(5, **B), 0.10),
+                    (lv(3, True, **B), 0.10), (lv(4, True, **B), 0.10), (lv(5, True, **B), 0.10),
+                ), "operands 1-50, multiplication-heavy operator mix, 2-5 operators, "
+                   "values <= 99 (70%) or <= 199 (30%)"),
             }
         if not self.benchmarks_spec:
-            # rising difficulty = longer chains; each benchmark mixes both operator profiles
+            # rising difficulty = longer chains, then larger numbers; each benchmark
+            # alternates both operator profiles
             both = (_MIXED, _PRODUCTS)
             self.benchmarks_spec = (
                 Benchmark("bench1", Level(2), self.bench_size, "AIME24", both),
                 Benchmark("bench2", Level(3), self.bench_size, "AIME25", both),
-                Benchmark("bench3", Level(4), self.bench_size, "HMMT25-Feb", both),
-                Benchmark("bench4", Level(5), self.bench_size, "HMMT25-Nov", both),
+                Benchmark("bench3", Level(4, max_value=LARGE_VALUE), self.bench_size,
+                          "HMMT25-Feb", both),
+                Benchmark("bench4", Level(5, max_value=LARGE_VALUE), self.bench_size,
+                          "HMMT25-Nov", both),
             )
         self._held_out: frozenset[str] | None = None
 
@@ -329,14 +367,15 @@ class ArithTask:
         return out
 
     def validation(self) -> list[Problem]:
-        """Validation split (hyper-parameter search): levels 2-5, both operator profiles,
-        disjoint from the benchmarks."""
+        """Validation split (hyper-parameter search): the four benchmark levels in turn,
+        both operator profiles, disjoint from the benchmarks."""
         bench_prompts = {p.prompt for ps in self.benchmarks().values() for p in ps}
         rng = random.Random(f"arith:{self.seed}:validation")
         probs: list[Problem] = []
         while len(probs) < self.val_size:
             i = len(probs)
-            level = Level(2 + i % 4, op_weights=(_MIXED, _PRODUCTS)[(i // 4) % 2])
+            spec = self.benchmarks_spec[i % len(self.benchmarks_spec)]
+            level = replace(spec.level, op_weights=(_MIXED, _PRODUCTS)[(i // 4) % 2])
             p = sample_problem(rng, level, "val", i)
             if p.prompt not in bench_prompts and all(p.prompt != q.prompt for q in probs):
                 probs.append(p)
@@ -400,8 +439,7 @@ def get_task(name: str, **kwargs) -> ArithTask:
 
 def write_jsonl(path: str | Path, problems: Iterable[Problem]) -> None:
     with open(path, "w") as f:
-        for p in problems:
-            f.write(json.dumps(p.to_dict()) + "\n")
+        f.writelines(json.dumps(p.to_dict()) + "\n" for p in problems)
 
 
 def read_jsonl(path: str | Path) -> list[Problem]:

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import transformers
@@ -37,6 +37,7 @@ from workbench.config import RunConfig
 from workbench.io import atomic_dir, atomic_write_text
 from workbench.methods import METHODS
 from workbench.tracking import check_finite
+from workbench.mini.evaluate import eval_metrics, evaluate
 from workbench.mini.prepare import generate, max_response_tokens
 from workbench.mini.models import load_model
 from workbench.mini.task import Problem, read_jsonl, verify
@@ -249,11 +250,15 @@ class Progress:
             print(line, file=sys.stderr, flush=True)
 
 
-def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=None, *, device: str | None = None) -> Path:
+def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=None, *, device: str | None = None,
+          on_eval: Callable[[int, dict], None] | None = None) -> Path:
     """Train one run to completion (resuming if ``run_dir`` has checkpoints); returns ``run_dir/final``.
 
     ``tracker`` receives ``log_metrics(metrics, step)`` and ``commit(step)`` after every
     checkpoint (see ``workbench.tracking``); None logs nowhere but ``metrics.jsonl``.
+    ``on_eval(step, result)`` receives each intermediate evaluation (every ``train.eval_every``
+    steps, on ``eval.benchmarks``, before the last step), after that step's checkpoint is
+    saved; an exception it raises (e.g. a pruned search trial) stops the run.
     """
     run_dir, world = Path(run_dir), World.open(world_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -395,12 +400,27 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
             tracker.log_metrics(metrics, step=step + 1)
         progress.update(step, start, metrics)
         done = step + 1
+        result = None
+        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < steps and (
+                tracker is not None or on_eval is not None):
+            # Intermediate evaluation (per-benchmark accuracy over training); the final
+            # one is the runner's.
+            result = evaluate(student, world.benchmarks(cfg.eval.benchmarks), n_samples=cfg.eval.n_samples,
+                              k=cfg.eval.k, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
+                              max_new_tokens=cfg.eval.max_new_tokens or world.max_new_tokens(),
+                              seed=cfg.seed * 1_000_003 + done)
+            student.train()
+            if tracker is not None:
+                tracker.log_metrics(eval_metrics(result), step=done)
         if done == steps and method.family == "pg":
             write_case_study(run_dir / "casestudy.json", problems, G, responses, rewards, cls, adv, mask)
         if done % cfg.train.checkpoint_every == 0 or done in keep or done == steps:
             save_checkpoint(run_dir, done, student, opt, keep)
             if tracker is not None:
                 tracker.commit(done)
+        if on_eval is not None and result is not None:
+            # After the step's checkpoint: a stop here (a pruned trial) keeps what it covers.
+            on_eval(done, result)
 
     final = run_dir / "final"
     with atomic_dir(final) as tmp:

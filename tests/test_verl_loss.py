@@ -1,0 +1,196 @@
+"""SG-OPD inside verl's own ``distillation_ppo_loss`` equals ``workbench.algo`` (loss and gradients).
+
+Micro-batches are built in the v1 trainer's format (nested jagged response tensors, teacher
+log-probs over the full sequence, model log-probs over the full sequence) and go through
+verl 0.9.1's real code path with the ``sgopd`` loss registered; the reference is computed
+directly with ``workbench.algo`` on padded tensors sliced independently here.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("verl")
+torch = pytest.importorskip("torch")
+
+import zlib
+from pathlib import Path
+
+import workbench.algo as A
+from workbench.config import load_config
+
+RUNS = Path(__file__).resolve().parents[1] / "experiments" / "runs"
+
+
+def _grid_gates():
+    out = {}
+    for path in sorted(RUNS.glob("*.yaml")):
+        cfg = load_config(path)
+        if cfg.family == "pg" and cfg.method != "grpo":
+            out[cfg.name] = cfg
+    return out
+
+
+GRID = _grid_gates()
+EXTRA = {  # variants the grid does not exercise
+    "mask-fallback": {"gate": {"disagree_mode": "mask"}, "stability": {"mode": "phi"}},
+    "clip-weight": {"gate": {"lambda_high": 1.5}, "stability": {"mode": "clip", "clip": 0.5}},
+    "gate-off-lambda-1": {"method": "opd", "stability": {"mode": "none"}},
+}
+
+
+def _loss_config(cfg):
+    from workbench.backends.verl.loss import SGOPDLossConfig
+
+    pts = {f"pts_{k}": v for k, v in cfg.pts.model_dump().items()}
+    return SGOPDLossConfig(**cfg.gate.route_kwargs(), stability_mode=cfg.stability.mode,
+                           stability_clip=cfg.stability.clip, clip_ratio_low=cfg.optim.eps_low,
+                           clip_ratio_high=cfg.optim.eps_high, **pts)
+
+
+def _cases():
+    from workbench.config import parse_config
+
+    cases = {name: cfg for name, cfg in GRID.items()}
+    for name, data in EXTRA.items():
+        cases[name] = parse_config({"method": data.get("method", "sgopd"), **{k: v for k, v in data.items() if k != "method"}})
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("is_weights", [False, True], ids=["no-IS", "rollout-IS"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_verl_loss_matches_algo(name, is_weights):
+    from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, reference_loss, run_verl
+
+    cfg = CASES[name]
+    loss_cfg = _loss_config(cfg)
+    batch = make_batch(seed=zlib.crc32(name.encode()) % 1000, n_rows=12, is_weights=is_weights)
+    loss, grad, metrics = run_verl(actor_config(), distillation_config(loss_cfg), batch)
+    ref_loss, ref_grad, ref_cls = reference_loss(batch, loss_cfg)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+    frac = A.gate_fractions(ref_cls, batch.mask)
+    for key in ("conflict_frac", "consensus_frac", "neutral_frac"):
+        assert metrics[f"train/{key}"] == pytest.approx(frac[key])
+    assert metrics["sgopd/n_valid"] == int(batch.mask.sum())
+    assert metrics["sgopd/n_conflict"] == int((ref_cls == -1).sum())
+
+
+def test_microbatches_with_driver_fields_equal_the_whole_batch():
+    """verl splits a mini-batch into micro-batches; with the driver's whole-batch weight the
+    summed micro-batch losses and gradients are the whole batch's SPEC loss."""
+    from workbench.backends.verl.adapter import driver_fields
+    from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, reference_loss, run_verl, split
+
+    cfg = CASES["sgopd"]
+    loss_cfg = _loss_config(cfg)
+    batch = make_batch(seed=7, n_rows=10, is_weights=True)
+    fields = driver_fields(batch.a_rl, batch.lp_old, batch.lp_teacher, batch.lp_ref, batch.mask,
+                           route_kwargs=loss_cfg.route_kwargs(), stability_mode=loss_cfg.stability_mode,
+                           stability_clip=loss_cfg.stability_clip)
+    total_loss, total_grad = 0.0, torch.zeros_like(batch.lp_full)
+    for part, extra in split(batch, [0, 4, 7, 10], extra={"sgopd_weight": fields["sgopd_weight"]}):
+        loss, grad, _ = run_verl(actor_config(), distillation_config(loss_cfg), part, extra)
+        total_loss = total_loss + loss
+        total_grad[part.full_slice] += grad
+    ref_loss, ref_grad, _ = reference_loss(batch, loss_cfg)
+    torch.testing.assert_close(total_loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total_grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+    # Without the driver's weight each micro-batch normalises phi over itself: not the batch's loss.
+    alone = sum(run_verl(actor_config(), distillation_config(loss_cfg), p, e)[0] for p, e in split(batch, [0, 4, 7, 10]))
+    assert not torch.allclose(alone, ref_loss, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("filter_correct", [True, False])
+def test_pts_anchor_rows_add_alpha_times_the_anchor_nll_in_the_same_step(filter_correct):
+    """Teacher-anchor rows in the batch: gradient = grad L_tok (student rows) + alpha grad L_PTS
+    (kept anchor rows), each with SPEC's own token mean; anchors ignore rollout-IS weights."""
+    from workbench.backends.verl import pts_plan
+    from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, reference_loss, run_verl
+
+    cfg = CASES["sgopd"]
+    loss_cfg = _loss_config(cfg)
+    batch = make_batch(seed=3, n_rows=12, is_weights=True, n_anchor=3)
+    anchor = batch.anchor
+    rewards = torch.tensor([1.0 if i % 2 else 0.0 for i in range(12)])  # anchors 9, 10, 11: kept 9 and 11
+    plan = pts_plan.StepPlan(True, 3, 0.7)
+    fields, metrics = pts_plan.step_fields(
+        rewards=rewards, uids=[f"p{i // 3}" if not anchor[i] else f"p{i}" for i in range(12)], anchor=anchor,
+        mask=batch.mask, lp_old=batch.lp_old, lp_teacher=batch.lp_teacher, lp_ref=batch.lp_ref,
+        loss_cfg={**loss_cfg.route_kwargs(), "stability_mode": loss_cfg.stability_mode,
+                  "stability_clip": loss_cfg.stability_clip, "pts_filter_correct": filter_correct}, plan=plan)
+    batch = batch.replace(a_rl=fields["advantages"])
+    _, grad, m = run_verl(actor_config(), distillation_config(loss_cfg), batch,
+                          extra={"sgopd_weight": fields["sgopd_weight"], "sgopd_row_scale": fields["sgopd_row_scale"],
+                                    "pts_anchor": anchor.long()})
+    kept = pts_plan.kept_anchors(rewards, anchor, filter_correct)
+    student = ~anchor
+    # reference: SPEC's L_tok on the student rows + alpha * L_PTS on kept anchors
+    _, ref_tok_grad, _ = reference_loss(batch, loss_cfg, rows=student)
+    lp = batch.lp_new.detach().requires_grad_(True)
+    pts_loss, _ = A.pts_anchor_loss(lp, batch.mask, kept)
+    (plan.alpha * pts_loss).backward()
+    ref_grad = ref_tok_grad + batch.scatter_to_full(lp.grad)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+    assert metrics["train/pts_kept"] == float(kept.sum())
+    assert metrics["train/pts_teacher_acc"] == pytest.approx(float((rewards[anchor] > 0).float().mean()))
+    assert m["sgopd/pts_kept_rows"] == int(kept.sum())
+    assert m["train/pts_loss"] == pytest.approx(float(pts_loss.detach()))
+    assert m["sgopd/n_valid"] == int((batch.mask & student[:, None]).sum())
+
+
+def test_stock_k1_crashes_on_nested_rollout_is_weights_and_sgopd_does_not():
+    """The trap the sgopd loss works around (verl 0.9.1): nested IS weights in the distillation path."""
+    from verl.workers.config import DistillationLossConfig
+
+    from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, run_verl
+
+    batch = make_batch(seed=1, n_rows=6, is_weights=True)
+    stock = DistillationLossConfig(loss_mode="k1", use_policy_gradient=True, use_task_rewards=False, loss_max_clamp=None)
+    with pytest.raises(ValueError, match="NestedTensor"):
+        run_verl(actor_config(), distillation_config(stock), batch)
+    run_verl(actor_config(), distillation_config(_loss_config(CASES["sgopd"])), batch)  # no exception
+
+
+def test_stock_k1_is_opd_at_ratio_one():
+    """The opd run uses verl's own k1 + policy gradient: at the update's ratio 1 (one step per
+    batch) its gradient is SPEC's OPD (A_OPD = lp_T - lp_old, no weight)."""
+    from verl.workers.config import DistillationLossConfig
+
+    from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, run_verl
+
+    batch = make_batch(seed=2, n_rows=8, is_weights=False, ratio_one=True)
+    stock = DistillationLossConfig(loss_mode="k1", use_policy_gradient=True, use_task_rewards=False, loss_max_clamp=None)
+    _, grad, _ = run_verl(actor_config(), distillation_config(stock), batch)
+    lp = batch.lp_new.detach().requires_grad_(True)
+    adv = A.opd_advantage(batch.lp_old, batch.lp_teacher)
+    loss, _ = A.ppo_clip_loss(lp, batch.lp_old, adv, batch.mask.float(), batch.mask)
+    loss.backward()
+    torch.testing.assert_close(grad, batch.scatter_to_full(lp.grad), rtol=1e-5, atol=1e-7)
+
+
+def test_loss_config_rejects_what_would_change_sgopd():
+    from workbench.backends.verl.loss import SGOPDLossConfig
+
+    with pytest.raises(ValueError, match="loss_max_clamp"):
+        SGOPDLossConfig(loss_max_clamp=10.0)
+    with pytest.raises(ValueError, match="use_task_rewards"):
+        SGOPDLossConfig(use_task_rewards=True)
+    with pytest.raises(ValueError, match="gate.disagree_mode"):
+        SGOPDLossConfig(disagree_mode="nope")
+    with pytest.raises(ValueError, match="pts"):
+        SGOPDLossConfig(pts_phase1_end_frac=0.5, pts_phase2_end_frac=0.4)
+    assert SGOPDLossConfig().loss_max_clamp is None  # the dataclass default of verl's parent is 10
+
+
+def test_missing_reference_is_a_clear_error():
+    from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, run_verl
+
+    batch = make_batch(seed=4, n_rows=4, is_weights=False, with_ref=False)
+    with pytest.raises(KeyError, match="use_kl_loss"):
+        run_verl(actor_config(), distillation_config(_loss_config(CASES["sgopd"])), batch)
+    run_verl(actor_config(), distillation_config(_loss_config(CASES["opd"] if "opd" in CASES else CASES["gate-off-lambda-1"])), batch)

@@ -1,0 +1,210 @@
+"""The generated reproduction report: ``write_report(runs, out_dir)`` -> ``REPRODUCTION.md``.
+
+The report holds, from tracked metrics only: the paper's claims with their verdicts and
+intervals (``workbench.analysis.stats``, rule restated in the report), Tables 1-3 with the
+paper's numbers beside the reproduced ones (also written as Markdown/LaTeX/CSV under
+``<out_dir>/tables``), the figures (PNG and PDF under ``<out_dir>/figures``, linked
+relatively), and how it was produced: the command, the git commit of the analysis code and
+of the training runs, the machine (platform, CPUs, Python, torch), the date, the MLflow
+experiment, the seeds per run and the runs that were left out.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from workbench.analysis import stats as S
+from workbench.analysis.figures import FIGURES, write_figures
+from workbench.analysis.paper import Paper, load_paper
+from workbench.analysis.tables import make_tables
+
+REPORT_NAME = "REPRODUCTION.md"
+CAPTIONS = {
+    "fig4_avg_bars": "Fig. 4: AVG avg@k of the untrained student, OPD, ExOPD (lambda 1.25) and SG-OPD; "
+                     "bars are means over seeds, whiskers 95% bootstrap CIs, dots single seeds.",
+    "fig5_training_dynamics": "Fig. 5: training reward, response length and entropy of OPD, ExOPD and SG-OPD "
+                              "(mean over seeds, 95% band).",
+    "fig6_benchmarks_over_training": "Fig. 6: per-benchmark avg@k at each logged evaluation step (a run with only a "
+                                     "final evaluation shows one point; the figure title names it).",
+    "fig7_conflict_fraction": "Fig. 7: sign-conflict fraction over training, SG-OPD and OPD.",
+    "fig_pts_schedule": "PTS weight alpha against the teacher's acceptance rate (before filtering) for SG-OPD; "
+                        "dashed lines mark the phase ends.",
+}
+
+
+def write_report(
+    runs,
+    out_dir: str | Path,
+    *,
+    paper: Paper | None = None,
+    figures_dir: str | Path | None = None,
+    make_figures: bool = True,
+    write_table_files: bool = True,
+    command: str | None = None,
+    n_resamples: int = S.N_RESAMPLES,
+) -> Path:
+    """Write ``<out_dir>/REPRODUCTION.md`` (and its tables and figures); returns its path.
+
+    Args:
+        runs: a ``workbench.analysis.load.Runs``.
+        out_dir: where the report goes (``reports/`` in the workflow, a tmp dir in tests).
+        paper: the paper's numbers (default ``experiments/paper.yaml``).
+        figures_dir: where the figures are (default ``<out_dir>/figures``); links are relative.
+        make_figures: draw the figures into ``figures_dir`` (False: link what is there).
+        write_table_files: also write ``<out_dir>/tables/table{1,2,3}.{md,tex,csv}``.
+        command: the command line to record (default: this process's ``sys.argv``).
+        n_resamples: bootstrap resamples for the claims.
+    """
+    paper = paper or load_paper()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig_dir = Path(figures_dir) if figures_dir is not None else out / "figures"
+    if make_figures:
+        write_figures(runs, fig_dir, paper=paper)
+    tables = make_tables(runs, paper)
+    if write_table_files:
+        for t in tables:
+            t.write(out / "tables")
+    claims = S.evaluate_claims(runs, n_resamples=n_resamples)
+
+    lines = [
+        "# Reproduction report: Sign-Gated On-Policy Distillation (SG-OPD)",
+        "",
+        "Generated from tracked metrics only (MLflow); do not edit by hand, rerun the command below.",
+        "",
+        "## Provenance",
+        "",
+        *_provenance(runs, command),
+        "",
+        "## Statistics and verdict rule",
+        "",
+        *_rules(n_resamples),
+        "",
+        "## Claims",
+        "",
+        *_claims_md(claims),
+        "",
+        "## Tables",
+        "",
+    ]
+    for t in tables:
+        lines += [t.to_markdown(), ""]
+    if write_table_files:
+        lines += ["LaTeX and CSV versions: " + ", ".join(
+            f"[{t.name}.{fmt}]({_rel(out / 'tables' / f'{t.name}.{fmt}', out)})" for t in tables for fmt in ("tex", "csv")), ""]
+    lines += ["## Figures", ""]
+    for name in FIGURES:
+        png = fig_dir / f"{name}.png"
+        if png.exists():
+            lines += [f"![{name}]({_rel(png, out)})", "", (f"*{CAPTIONS.get(name, name)}* "
+                      f"([PDF]({_rel(fig_dir / f'{name}.pdf', out)}))"), ""]
+        else:
+            lines += [f"- {name}: not drawn (no file at `{_rel(png, out)}`)", ""]
+    lines += ["## Runs left out", "", *_skipped(runs), ""]
+    path = out / REPORT_NAME
+    path.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return path
+
+
+# -- sections --------------------------------------------------------------------------------
+def _provenance(runs, command: str | None) -> list[str]:
+    frame = runs.runs
+    commits = sorted({c for c in frame.get("git_commit", []) if isinstance(c, str) and c})
+    backends = sorted({b for b in frame.get("backend", []) if isinstance(b, str) and b})
+    code = _git(["rev-parse", "HEAD"]) or "unknown"
+    dirty = _git(["status", "--porcelain", "--untracked-files=no"])
+    seeds = _seed_summary(runs)
+    return [
+        f"- Command: `{command or ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
+        f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}",
+        f"- Analysis code: git commit `{code}`" + (" (uncommitted changes)" if dirty else ""),
+        (f"- Training runs: git commit(s) {', '.join(f'`{c}`' for c in commits) or 'not tagged'}; "
+        f"backend(s) {', '.join(backends) or 'not tagged'}"),
+        f"- MLflow: experiment `{runs.experiment or '?'}` at `{_redact(runs.tracking_uri)}`",
+        (f"- Machine: {platform.platform()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+        f"torch {_version('torch')}; mlflow {_version('mlflow')}; numpy {_version('numpy')}"),
+        f"- Runs: {len(frame)} child runs of {frame['run'].nunique() if len(frame) else 0} run ids; seeds: {seeds}",
+    ]
+
+
+def _seed_summary(runs) -> str:
+    frame = runs.runs
+    if not len(frame):
+        return "none"
+    per = frame.groupby("run")["seed"].apply(lambda s: tuple(sorted(int(x) for x in s)))
+    common = per.value_counts().index[0]
+    others = [f"{r}: {len(s)} ({', '.join(map(str, s))})" for r, s in per.items() if s != common]
+    text = f"{len(common)} per run ({', '.join(map(str, common))})"
+    return text + (f"; except {'; '.join(others)}" if others else "")
+
+
+def _rules(n_resamples: int) -> list[str]:
+    return [
+        (f"- Every reproduced number is the mean over training seeds with a {S.LEVEL:.0%} percentile bootstrap interval "
+        f"({n_resamples} resamples of the seeds, NumPy generator seed {S.RNG_SEED}); one seed gives no interval "
+        "(shown as `no CI`), never a made-up one."),
+        "- Comparisons are seed-paired: the difference per seed between two runs, then the interval of its mean.",
+        ("- Verdict from the interval against the claimed region, fixed in advance in `workbench/analysis/stats.py`: "
+        "*reproduced* if the interval lies inside the region, *not reproduced* if it lies entirely outside, "
+        "*inconclusive* if it straddles the boundary or there is no interval (fewer than 2 seeds). "
+        "A claim with parts is reproduced only if every part is, not reproduced if any part is not."),
+        (f"- Margins fixed in advance: non-inferiority {S.NONINFERIORITY_MARGIN_PP:g} point of AVG avg@k; "
+        f"'nearly additive' = |interaction| at most {S.INTERACTION_MARGIN_FRAC:g} x the sum of single gains; "
+        f"'flat' = fitted change of the conflict fraction over training within +-{S.FLAT_MARGIN:g}."),
+        ("- Caveat: with few seeds the percentile bootstrap is narrower than a t interval and covers less than "
+        "95%; with 3 seeds it is the [min, max] of the per-seed values, so 'reproduced' then means every seed agrees."),
+    ]
+
+
+def _claims_md(claims: Sequence[S.Claim]) -> list[str]:
+    out = ["| claim | verdict |", "|---|---|"]
+    out += [f"| {c.id}. {c.title} | **{c.verdict}** |" for c in claims]
+    out += ["", "| part | statement | statistic | estimate [95% CI] | claimed region | verdict | seeds | note |",
+            "|---|---|---|---|---|---|---|---|"]
+    for c in claims:
+        for p in c.parts:
+            seeds = ", ".join(map(str, p.seeds)) or "none"
+            cells = [p.id, p.statement, p.statistic, p.estimate.fmt(3), p.region.describe(), f"**{p.verdict}**", seeds, p.note]
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
+
+
+def _skipped(runs) -> list[str]:
+    sk = runs.skipped
+    if sk is None or not len(sk):
+        return ["None: every child run found was used."]
+    return [f"- `{r.run}` seed {r.seed} (MLflow run `{r.mlflow_run_id}`): {r.reason}" for r in sk.itertuples()]
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _rel(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _redact(uri: str) -> str:
+    """Drop credentials from an http(s) tracking URI before printing it."""
+    return re.sub(r"//[^/@]+@", "//***@", uri or "?")
+
+
+def _git(args: list[str]) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=10, check=False, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None

@@ -24,12 +24,13 @@ import workbench.algo as A
 
 def make_batch(B: int, T: int, G: int = 8, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    lp = lambda: -torch.rand(B, T, generator=g) * 3  # noqa: E731
+    lp = lambda: -torch.rand(B, T, generator=g) * 3
     lengths = torch.randint(T // 4, T + 1, (B,), generator=g)
     mask = torch.arange(T)[None, :] < lengths[:, None]
     rewards = (torch.rand(B, generator=g) < 0.4).float()
     group_ids = torch.arange(B) // G
-    return dict(lp_new=lp(), lp_old=lp(), lp_teacher=lp(), lp_ref=lp(), rewards=rewards, group_ids=group_ids, mask=mask)
+    return {"lp_new": lp(), "lp_old": lp(), "lp_teacher": lp(), "lp_ref": lp(), "rewards": rewards, "group_ids": group_ids,
+            "mask": mask}
 
 
 def opd_step(b) -> None:
@@ -72,7 +73,7 @@ def main() -> None:
         b = {k: v.to(args.device) for k, v in make_batch(B, T).items()}
         sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-        def timed(fn):
+        def timed(fn, b=b, sync=sync):
             def run(batch):
                 fn(batch)
                 sync()

@@ -8,6 +8,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from workbench.algo import FALLBACKS, STABILITY_WEIGHTS
 from workbench.config import ConfigError, RunConfig, load_config, parse_config
@@ -43,9 +44,9 @@ def test_defaults_are_the_sgopd_recipe():
 
 def test_config_is_frozen():
     c = parse_config({})
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         c.gate.lambda_high = 3.0  # type: ignore[misc]
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         c.method = "opd"  # type: ignore[misc]
 
 

@@ -19,9 +19,9 @@ import pytest
 torch = pytest.importorskip("torch")
 mlflow = pytest.importorskip("mlflow")
 
-from workbench.config import load_config  # noqa: E402
-from workbench.runner import train_run  # noqa: E402
-from workbench.tracking import load_history  # noqa: E402
+from workbench.config import load_config
+from workbench.runner import train_run
+from workbench.tracking import load_history
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "experiments" / "runs"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Mapping
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -64,7 +65,7 @@ class GateConfig(_Section):
         return v
 
     @model_validator(mode="after")
-    def _cells_need_four_levels(self) -> "GateConfig":
+    def _cells_need_four_levels(self) -> GateConfig:
         cells = [f for f in type(self).model_fields if f.startswith("cell_") and getattr(self, f) is not None]
         if cells and self.gate_levels != 4:
             raise ValueError(f"{', '.join(cells)} only apply with gate_levels: 4 (got {self.gate_levels})")
@@ -103,7 +104,7 @@ class PTSConfig(_Section):
     alpha1: NonNegFloat = 0.1
 
     @model_validator(mode="after")
-    def _ordered_phases(self) -> "PTSConfig":
+    def _ordered_phases(self) -> PTSConfig:
         if self.phase1_end_frac >= self.phase2_end_frac:
             raise ValueError(
                 f"phase1_end_frac ({self.phase1_end_frac}) must be < phase2_end_frac ({self.phase2_end_frac})"
@@ -173,7 +174,7 @@ class EvalConfig(_Section):
     benchmarks: tuple[str, ...] | None = None  # None: all four
 
     @model_validator(mode="after")
-    def _k_le_n(self) -> "EvalConfig":
+    def _k_le_n(self) -> EvalConfig:
         if self.k > self.n_samples:
             raise ValueError(f"k ({self.k}) must be <= n_samples ({self.n_samples})")
         return self
@@ -212,7 +213,7 @@ class RunConfig(_Section):
         return _deep_merge(merged, dict(data))
 
     @model_validator(mode="after")
-    def _method_constraints(self) -> "RunConfig":
+    def _method_constraints(self) -> RunConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend: {BACKENDS.unknown_message(self.backend)}")
         method = METHODS.get(self.method)
@@ -259,7 +260,7 @@ class RunConfig(_Section):
         out["method"] = self.method
         return out
 
-    def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> "RunConfig":
+    def with_overrides(self, overrides: Iterable[str] | Mapping[str, Any]) -> RunConfig:
         """A new validated config with dotted ``key=value`` overrides applied."""
         return parse_config(_apply_overrides(self.diff_from_defaults(), overrides))
 

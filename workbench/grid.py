@@ -13,10 +13,11 @@ Layout::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -53,7 +54,7 @@ def scale_names(experiments: Path = EXPERIMENTS) -> list[str]:
     return sorted(p.stem for p in (experiments / "scales").glob("*.yaml"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
     path = experiments / "scales" / f"{name}.yaml"
     if not path.exists():

@@ -7,8 +7,9 @@ is import-light: the CLI reads method names from it for ``--help`` and choices.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from workbench.registry import Registry
 

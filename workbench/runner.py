@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from workbench.config import RunConfig, load_config, parse_config
 from workbench.io import atomic_write_json

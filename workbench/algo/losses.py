@@ -11,6 +11,11 @@ from torch import Tensor
 from workbench.algo.masked import safe, token_mean, valid
 
 
+def _upcast(x: Tensor) -> Tensor:
+    """bf16 / fp16 logits to float32 for the softmax; float32 and float64 stay as they are."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def ppo_clip_loss(
     lp_new: Tensor,
     lp_old: Tensor,
@@ -95,13 +100,13 @@ def generalized_jsd_loss(
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must be in [0, 1], got {beta}")
     m = valid(mask)[..., None]
-    zero = torch.zeros((), dtype=torch.float32, device=student_logits.device)
+    zero = torch.zeros((), dtype=_upcast(student_logits).dtype, device=student_logits.device)
     # Padding is replaced before the softmax: its backward would turn NaN/inf there into NaN
     # gradients. Log-probs are floored so that a zero probability (a -inf logit) gives the
     # 0 * log 0 = 0 convention instead of 0 * inf = NaN.
     floor = -1e4
-    log_q = F.log_softmax(torch.where(m, student_logits.float(), zero) / temperature, dim=-1).clamp(min=floor)
-    log_p = F.log_softmax(torch.where(m, teacher_logits.detach().float(), zero) / temperature, dim=-1).clamp(min=floor)
+    log_q = F.log_softmax(torch.where(m, _upcast(student_logits), zero) / temperature, dim=-1).clamp(min=floor)
+    log_p = F.log_softmax(torch.where(m, _upcast(teacher_logits.detach()), zero) / temperature, dim=-1).clamp(min=floor)
 
     def kl(log_a: Tensor, log_b: Tensor) -> Tensor:
         return (log_a.exp() * (log_a - log_b)).sum(-1)
@@ -122,12 +127,12 @@ def sequence_logprobs(logits: Tensor, tokens: Tensor, temperature: float = 1.0) 
 
     ``logits[:, t]`` must be the prediction for ``tokens[:, t]`` (shift before calling).
     """
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    logp = F.log_softmax(_upcast(logits) / temperature, dim=-1)
     return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 @torch.no_grad()
 def token_entropy(logits: Tensor) -> Tensor:
     """Entropy of the next-token distribution per position, ``[B, T, V] -> [B, T]``."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(_upcast(logits), dim=-1)
     return -(logp.exp() * logp).sum(-1)

@@ -170,3 +170,62 @@ rule casestudy:
     shell:
         "{WB} casestudy {R}/runs/sgopd/seed{SEEDS[0]}/casestudy.json --out {output} "
         "--title 'SG-OPD, seed {SEEDS[0]}: the last step of training' > {log} 2>&1"
+
+
+# Hyper-parameter search (not part of `all`): the study is set up once, then SEARCH_WORKERS
+# jobs work on its one storage (any RDB URL lets them run on several machines), then the
+# best trial is evaluated once on the benchmarks and the report is written.
+#   snakemake --cores 2 search                                  # experiments/search/pts-lambda.yaml
+#   snakemake --cores 2 reports/search/<space>/summary.md       # any space of experiments/search/
+SEARCH_WORKERS = 2
+
+
+def _search_args(wc):
+    return (f"experiments/search/{wc.space}.yaml --scale {SCALE.name} --study {wc.space} "
+            f"--out {R}/search --world {WORLD}")
+
+
+rule search:
+    input:
+        f"{REPORT}/search/pts-lambda/summary.md",
+
+
+rule search_start:
+    input:
+        space="experiments/search/{space}.yaml",
+        world=f"{WORLD}/manifest.json",
+    output:
+        f"{R}/search/{{space}}/study.json",
+    log:
+        f"{R}/logs/search/{{space}}-start.log",
+    params:
+        args=_search_args,
+    shell:
+        "{WB} search {params.args} --workers 0 > {log} 2>&1"
+
+
+rule search_worker:
+    input:
+        f"{R}/search/{{space}}/study.json",
+    output:
+        touch(f"{R}/search/{{space}}/workers/{{i}}.done"),
+    log:
+        f"{R}/logs/search/{{space}}-worker{{i}}.log",
+    threads: SCALE.threads
+    params:
+        args=_search_args,
+    shell:
+        "{WB} search-worker {params.args} --threads {threads} > {log} 2>&1"
+
+
+rule search_report:
+    input:
+        expand(f"{R}/search/{{{{space}}}}/workers/{{i}}.done", i=range(SEARCH_WORKERS)),
+    output:
+        f"{REPORT}/search/{{space}}/summary.md",
+    log:
+        f"{R}/logs/search/{{space}}-report.log",
+    params:
+        args=_search_args,
+    shell:
+        "{WB} search-report {params.args} --reports {REPORT}/search > {log} 2>&1"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -148,6 +148,90 @@ def _casestudy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search_context(args: argparse.Namespace):
+    from workbench.search.study import make_context
+
+    return make_context(args.space, scale=args.scale, study=args.study, storage=args.storage, out=args.out,
+                        world=args.world, experiment=args.experiment,
+                        **{k: getattr(args, k) for k in ("heartbeat_s", "stale_after_s", "poll_s") if hasattr(args, k)})
+
+
+def _search(args: argparse.Namespace) -> int:
+    import os
+    import signal
+
+    from workbench.search import SearchSpaceError, run_search
+
+    try:
+        ctx = _search_context(args)
+    except SearchSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        from workbench.search.space import corner
+
+        print(f"ok: {args.space}: study {ctx.study_name}, {ctx.space.n_trials} trials, scale {ctx.scale}, "
+              f"storage {ctx.storage_url}")
+        for which in ("low", "high"):
+            print(f"  {which} corner: {corner(ctx.space, which)}")
+        return 0
+    # Each worker gets its share of the cores unless told otherwise.
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
+    _threads(threads)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop re-queues running trials
+    reports = None if args.no_report else f"{args.reports}/{ctx.study_name}"
+    return run_search(ctx, workers=args.workers, threads=threads, reports_dir=reports, benchmarks=not args.no_benchmarks)
+
+
+def _search_worker(args: argparse.Namespace) -> int:
+    import signal
+
+    from workbench.search import SearchSpaceError
+    from workbench.search.study import run_worker
+
+    try:
+        ctx = _search_context(args)
+    except SearchSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    _threads(args.threads)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    run_worker(ctx, max_trials=args.max_trials)
+    return 0
+
+
+def _search_report(args: argparse.Namespace) -> int:
+    from workbench.search import SearchSpaceError, finalize
+
+    try:
+        ctx = _search_context(args)
+    except SearchSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(finalize(ctx, reports_dir=f"{args.reports}/{ctx.study_name}", benchmarks=not args.no_benchmarks))
+    return 0
+
+
+def _search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
+    p.add_argument("space", help="search space YAML (experiments/search/)")
+    p.add_argument("--study", default=None, help="study name (default: the space's name, suffixed with --scale "
+                   "when it differs from the space's)")
+    p.add_argument("--storage", default=None, help="an RDB URL (sqlite:///..., postgresql://...) or a journal file "
+                   "(default: OUT/STUDY/optuna.journal)")
+    p.add_argument("--scale", default=None, help="scale of experiments/scales (default: the space's)")
+    p.add_argument("--world", default=None, help="prepared world (default: results/SCALE/world)")
+    p.add_argument("--out", default="results/search", help="trial run directories go to OUT/STUDY (default: %(default)s)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: sgopd-search-SCALE)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker")
+    if worker:
+        p.add_argument("--heartbeat", dest="heartbeat_s", type=float, default=30.0,
+                       help="seconds between a running trial's heartbeats (default: %(default)s)")
+        p.add_argument("--stale-after", dest="stale_after_s", type=float, default=600.0,
+                       help="a trial of another machine without heartbeat for this long is re-queued; on this "
+                       "machine a dead worker's trial is re-queued at once (default: %(default)s)")
+        p.add_argument("--poll", dest="poll_s", type=float, default=2.0, help="idle worker poll seconds")
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -253,6 +337,30 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--out", required=True)
     cs.add_argument("--title", default="Conflict-token case study")
     cs.set_defaults(handler=_casestudy)
+
+    se = verbs.add_parser("search", help="Optuna search over run-config fields (parallel, resumable, MLflow-tracked)",
+                          description="Validate the search space, create or resume the study, run --workers worker "
+                          "processes on it, then evaluate the best trial once on the benchmarks and write the report. "
+                          "Rerunning the same command resumes a stopped study: a trial left running by a killed worker "
+                          "resumes from its checkpoint.")
+    _search_args(se, worker=True)
+    se.add_argument("--workers", type=int, default=1, help="worker processes (0: set the study up only; default: 1)")
+    se.add_argument("--reports", default="reports/search", help="report directory; the report goes to REPORTS/STUDY "
+                    "(default: %(default)s)")
+    se.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    se.add_argument("--no-benchmarks", action="store_true", help="report without the benchmark evaluation")
+    se.add_argument("--check", action="store_true", help="validate the space, print it and exit")
+    se.set_defaults(handler=_search)
+    sw = verbs.add_parser("search-worker", help="run trials of an existing study until none is left (one process)",
+                          description="One worker of `workbench search` (Snakemake starts several against one storage).")
+    _search_args(sw, worker=True)
+    sw.add_argument("--max-trials", type=int, default=None, help="leave after this many trials (default: when none is left)")
+    sw.set_defaults(handler=_search_worker)
+    sr = verbs.add_parser("search-report", help="evaluate a finished study's best trial on the benchmarks; write the report")
+    _search_args(sr, worker=False)
+    sr.add_argument("--reports", default="reports/search", help="the report goes to REPORTS/STUDY (default: %(default)s)")
+    sr.add_argument("--no-benchmarks", action="store_true", help="report without the benchmark evaluation")
+    sr.set_defaults(handler=_search_report)
 
     # The verl backend's verbs (verl-overrides, verl-check, verl-launch, realscale-eval, ...):
     # registering them imports neither verl nor torch.

@@ -25,9 +25,9 @@ import random
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 import transformers
@@ -36,13 +36,12 @@ import workbench.algo as A
 from workbench.config import RunConfig
 from workbench.io import atomic_dir, atomic_write_text
 from workbench.methods import METHODS
-from workbench.tracking import check_finite
 from workbench.mini.evaluate import eval_metrics, evaluate
-from workbench.mini.prepare import generate, max_response_tokens
 from workbench.mini.models import load_model
+from workbench.mini.prepare import generate, max_response_tokens
 from workbench.mini.task import Problem, read_jsonl, verify
 from workbench.mini.tokenizer import CODEC, PAD_ID
-
+from workbench.tracking import check_finite
 
 transformers.utils.logging.disable_progress_bar()  # one bar per checkpoint save is noise in logs
 
@@ -58,7 +57,7 @@ class World:
     manifest: dict
 
     @classmethod
-    def open(cls, root: str | Path) -> "World":
+    def open(cls, root: str | Path) -> World:
         root = Path(root)
         path = root / "manifest.json"
         if not path.exists():

@@ -196,3 +196,27 @@ def test_a_changed_config_starts_the_run_directory_afresh(smoke_world, tmp_path,
     assert state["run_id"] != first_id
     assert [r["step"] for r in load_history(run_dir) if "train/loss" in r] == [1, 2, 3]
     assert load_config(run_dir / "config.yaml").optim.lr == 0.01
+
+
+def test_bucketed_forward_equals_one_padded_batch(smoke_world):
+    """Length buckets are a speed-up only: same log-probs, logits and gradients as one batch."""
+    from workbench.mini.models import load_model
+    from workbench.mini.trainer import forward_logprobs, pack
+
+    model = load_model(Path(smoke_world) / "student")
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, 20, (int(n),), generator=g).tolist() for n in torch.randint(3, 9, (13,), generator=g)]
+    responses = [torch.randint(4, 20, (int(n),), generator=g).tolist() for n in torch.randint(1, 30, (13,), generator=g)]
+    ids, mask = pack(prompts, responses, "cpu")
+    results = []
+    for buckets in (1, 4):
+        model.zero_grad()
+        logp, logits = forward_logprobs(model, ids, 0.7, buckets=buckets)
+        (logp * mask).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters()]
+        results.append((logp.detach(), logits.detach(), grads))
+    (lp1, lg1, g1), (lp4, lg4, g4) = results
+    m = mask
+    assert torch.allclose(lp1[m], lp4[m], atol=1e-5)
+    assert torch.allclose(lg1[m], lg4[m], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g4))

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import transformers
 
 import workbench.algo as A
@@ -109,10 +110,26 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], d
     return ids.to(device), mask.to(device)
 
 
-def forward_logprobs(model, ids: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logp of the next tokens [N, L - 1], logits [N, L - 1, V])``."""
-    logits = model(input_ids=ids).logits[:, :-1]
-    return A.sequence_logprobs(logits, ids[:, 1:], temperature), logits
+def forward_logprobs(model, ids: torch.Tensor, temperature: float = 1.0, *, buckets: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logp of the next tokens [N, L - 1], logits [N, L - 1, V])`` of right-padded ``ids``.
+
+    Rows are sorted by length and run in ``buckets`` chunks, each cut to its own longest
+    row: rollout lengths vary so much that one padded batch is more than half padding,
+    and with right padding and causal attention the cut pads change no valid position.
+    Positions past a row's end hold 0 (they are masked everywhere).
+    """
+    width = ids.shape[1]
+    lengths = (ids != PAD_ID).sum(-1)
+    order = torch.argsort(lengths)
+    parts_lp, parts_logits = [], []
+    for rows in order.chunk(buckets):
+        cut = ids[rows, : max(int(lengths[rows].max()), 2)]
+        logits = model(input_ids=cut).logits[:, :-1]
+        pad = width - cut.shape[1]
+        parts_logits.append(F.pad(logits, (0, 0, 0, pad)))
+        parts_lp.append(F.pad(A.sequence_logprobs(logits, cut[:, 1:], temperature), (0, pad)))
+    inverse = torch.argsort(order)
+    return torch.cat(parts_lp)[inverse], torch.cat(parts_logits)[inverse]
 
 
 @torch.no_grad()
@@ -324,8 +341,7 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
             # 3. Teacher (and reference) log-probs of the student's tokens.
             t0 = time.time()
             with torch.no_grad():
-                t_logits = teacher(input_ids=ids).logits[:, :-1]
-                lp_teacher = A.sequence_logprobs(t_logits, ids[:, 1:], temp)
+                lp_teacher, t_logits = forward_logprobs(teacher, ids, temp)
             timing["teacher"] = time.time() - t0
             logp, logits = forward_logprobs(student, ids, temp)
             # One PPO epoch on fresh samples: the rollout policy is the current policy.

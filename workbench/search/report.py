@@ -140,6 +140,11 @@ def summary_markdown(ctx: S.SearchContext, study, figures: dict[str, str],
         "the paper's default setting, for reference) is evaluated on them, once, after the search."),
         "",
     ]
+    if len(space.seeds) == 1:
+        # A single-seed objective carries the seed's noise: the ranking is a lead, not a finding.
+        lines += [("**One seed per trial.** A trial's value includes its seed's sampling noise, so differences "
+                   "smaller than the seed-to-seed spread of the same setting are not findings; rerun the leading "
+                   "settings with several `seeds` before drawing conclusions."), ""]
     if best is not None:
         lines += ["## Best trial", "", f"Trial {best.number}" + (f" ({best.user_attrs[S.LABEL]})" if best.user_attrs.get(S.LABEL) else "")
                   + f": validation {space.metric} **{best.value:.2f}**", "",

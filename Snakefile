@@ -27,8 +27,11 @@ BACKEND = config["backend"] or SCALE.backend
 R = f"{config['results']}/{SCALE.name}"
 WORLD = f"{R}/world"
 GRID = f"{R}/grid.json"
-# The committed report is the mini scale's; other scales report under results/.
-REPORT = "reports" if SCALE.name == "mini" else f"{R}/report"
+REPORT = f"{R}/report"
+# The mini scale's report is also copied to the committed reports/. Every target stays under
+# results/: a fresh clone has reports/ but no results, and with reports/ as the target
+# Snakemake would find it up to date and train nothing.
+PUBLISH = "reports" if SCALE.name == "mini" else None
 EXTRA = G.extra_evals(RUNS)
 # The CLI of the Python running this workflow, whatever is on PATH.
 WB = f"{sys.executable} -m workbench"
@@ -41,10 +44,25 @@ wildcard_constraints:
     extra="|".join(G.EXTRA_EVALS_FILES),
 
 
+def report_files():
+    return [f"{REPORT}/REPRODUCTION.md"] + ([f"{REPORT}/casestudy_sgopd.html"] if "sgopd" in RUNS else [])
+
+
+def provenance():
+    """The snakemake command line that makes this report, as the report prints it."""
+    parts = [f"scale={SCALE.name}"]
+    if config["seeds"]:
+        parts.append(f"seeds=[{','.join(map(str, SEEDS))}]")
+    if config["runs"]:
+        parts.append(f"runs=[{','.join(RUNS)}]")
+    if config["backend"]:
+        parts.append(f"backend={BACKEND}")
+    return "snakemake --cores 2 --config " + " ".join(parts)
+
+
 rule all:
     input:
-        [f"{REPORT}/REPRODUCTION.md"] if BACKEND == "mini" else [],
-        [f"{REPORT}/casestudy_sgopd.html"] if BACKEND == "mini" and "sgopd" in RUNS else [],
+        ([f"{R}/published/grid.done"] if PUBLISH else report_files()) if BACKEND == "mini" else [],
         expand(f"{R}/verl-runs/{{run}}/seed{{seed}}/eval/results.json", run=RUNS, seed=SEEDS)
         if BACKEND == "verl"
         else [],
@@ -155,9 +173,11 @@ rule report:
         f"{REPORT}/REPRODUCTION.md",
     log:
         f"{R}/logs/report.log",
+    params:
+        command=provenance(),
     shell:
         "{WB} report --collected {R}/collect --out-dir {REPORT} --reuse-figures --reuse-tables "
-        "--command 'snakemake --cores 2 --config scale={SCALE.name}' > {log} 2>&1"
+        "--command '{params.command}' > {log} 2>&1"
 
 
 rule casestudy:
@@ -172,11 +192,20 @@ rule casestudy:
         "--title 'SG-OPD, seed {SEEDS[0]}: the last step of training' > {log} 2>&1"
 
 
+rule publish:
+    input:
+        report_files(),
+    output:
+        touch(f"{R}/published/grid.done"),
+    shell:
+        "mkdir -p {PUBLISH} && cp -R {REPORT}/tables {REPORT}/figures {input} {PUBLISH}/"
+
+
 # Hyper-parameter search (not part of `all`): the study is set up once, then SEARCH_WORKERS
 # jobs work on its one storage (any RDB URL lets them run on several machines), then the
 # best trial is evaluated once on the benchmarks and the report is written.
 #   snakemake --cores 2 search                                  # experiments/search/pts-lambda.yaml
-#   snakemake --cores 2 reports/search/<space>/summary.md       # any space of experiments/search/
+#   snakemake --cores 2 search --config search=<space>          # any space of experiments/search/
 SEARCH_WORKERS = 2
 
 
@@ -187,7 +216,8 @@ def _search_args(wc):
 
 rule search:
     input:
-        f"{REPORT}/search/pts-lambda/summary.md",
+        (f"{R}/published/search-{config['search']}.done" if PUBLISH
+         else f"{REPORT}/search/{config['search']}/summary.md"),
 
 
 rule search_start:
@@ -229,3 +259,12 @@ rule search_report:
         args=_search_args,
     shell:
         "{WB} search-report {params.args} --reports {REPORT}/search > {log} 2>&1"
+
+
+rule publish_search:
+    input:
+        f"{REPORT}/search/{{space}}/summary.md",
+    output:
+        touch(f"{R}/published/search-{{space}}.done"),
+    shell:
+        "mkdir -p {PUBLISH}/search && cp -R {REPORT}/search/{wildcards.space} {PUBLISH}/search/"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,15 +31,31 @@ def job_counts(out: str) -> dict[str, int]:
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory) -> Path:
+    """The repository's tracked files only, as `git clone` gives them: committed reports/, no
+    results/, no .snakemake/ metadata."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True)
+    dest = tmp_path_factory.mktemp("clone")
+    for name in filter(None, files.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 @pytest.mark.parametrize("scale", [s for s in G.scale_names() if G.load_scale(s).backend == "mini"])
-def test_dry_run_lists_every_job(scale, tmp_path):
-    out = snakemake("-n", "--config", f"scale={scale}", f"results={tmp_path}").stdout
+def test_dry_run_on_a_fresh_clone_lists_every_job(scale, fresh_clone, tmp_path):
+    # The committed reports/ must not make a fresh clone's workflow look finished.
+    out = snakemake("-n", "--config", f"scale={scale}", f"results={tmp_path}", cwd=fresh_clone).stdout
     counts = job_counts(out)
     n_seeds, n_runs = len(G.load_scale(scale).seeds), len(G.run_ids())
     assert counts["train"] == n_runs * n_seeds
     assert counts["eval_extra"] == 3 * n_seeds  # student-init, teacher, sgopd@90%
     for rule in ("prepare", "grid_start", "collect", "tables", "figures", "report"):
         assert counts[rule] == 1, rule
+    # Only the mini scale's report is copied to the committed reports/.
+    assert counts.get("publish", 0) == (scale == "mini")
 
 
 def test_subsets_and_stage_dependencies(tmp_path):

@@ -55,7 +55,7 @@ def write_report(
 
     Args:
         runs: a ``workbench.analysis.load.Runs``.
-        out_dir: where the report goes (``reports/`` in the workflow, a tmp dir in tests).
+        out_dir: where the report goes (``results/<scale>/report`` in the workflow, which copies the mini one to ``reports/``; a tmp dir in tests).
         paper: the paper's numbers (default ``experiments/paper.yaml``).
         figures_dir: where the figures are (default ``<out_dir>/figures``); links are relative.
         make_figures: draw the figures into ``figures_dir`` (False: link what is there).

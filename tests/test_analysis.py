@@ -433,16 +433,20 @@ def test_casestudy_html(tmp_path):
 
 # -- speed (slow: the full 26-run grid) --------------------------------------------------------
 @pytest.mark.slow
-def test_full_grid_load_tables_figures_under_ten_seconds(tmp_path):
-    import time
-
+def test_full_three_seed_grid_renders_every_table_and_figure(tmp_path):
+    # Its speed (goal <= 10 s) is measured in benchmarks/bench_analysis.py, not here.
     from workbench.analysis.figures import write_figures
     from workbench.analysis.tables import write_tables
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     write_runs(uri, "sgopd-mini", make_synthetic_grid(seeds=(0, 1, 2), steps=200))
-    t = time.perf_counter()
     runs = load_runs(uri, "sgopd-mini")
-    write_tables(runs, tmp_path / "tables")
-    write_figures(runs, tmp_path / "figures")
-    assert time.perf_counter() - t < 10.0
+    tables = {p.name for p in write_tables(runs, tmp_path / "tables")}
+    assert tables == {f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "tex", "csv")}
+    figures = {p.name for p in write_figures(runs, tmp_path / "figures")}
+    stems = {"fig4_avg_bars", "fig5_training_dynamics", "fig6_benchmarks_over_training", "fig7_conflict_fraction",
+             "fig_pts_schedule"}
+    assert figures == {f"{s}.{ext}" for s in stems for ext in ("png", "pdf")}
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "tables" / "table3.csv").read_text())))
+    assert {r["n"] for r in rows} == {"3"}  # every cell pools the three seeds
+    assert {r["run"] for r in rows} >= {"sft", "opd", "exopd-1.25", "sgopd", "pts-30-35-nofilter"}

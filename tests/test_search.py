@@ -78,6 +78,17 @@ def check_mlflow(uri: str, experiment: str, trials) -> dict[int, object]:
         assert float(run.data.params[P1]) == pytest.approx(t.params[P1])
         want = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[t.state.name]
         assert run.info.status == want, (t.number, t.state.name, run.info.status)
+    # Each trial's training runs (one per seed) are children of its run; pruning kills the
+    # seed run it stopped (KILLED, tagged PRUNED), it does not fail it.
+    trial_of = {r.info.run_id: t.number for t in trials for r in [by_trial[t.number]]}
+    state = {t.number: t.state.name for t in trials}
+    for r in (r for r in runs if r.data.tags.get("workbench.kind") == "trial-run"):
+        number = trial_of[r.data.tags["mlflow.parentRunId"]]
+        assert int(r.data.tags["optuna.trial"]) == number
+        if state[number] == "COMPLETE":
+            assert r.info.status == "FINISHED"
+        if state[number] == "PRUNED" and r.info.status != "FINISHED":
+            assert r.info.status == "KILLED" and r.data.tags.get(S.STATE_TAG) == "PRUNED", r.info.status
     return by_trial
 
 
@@ -248,6 +259,7 @@ def test_failed_and_pruned_trials_are_recorded_and_the_search_goes_on(smoke_worl
     """Validation scores are faked from lambda_high so pruning is deterministic; lambda_high 1.2 raises."""
     import workbench.mini.evaluate as E
     import workbench.mini.trainer as T
+    import workbench.runner as R
     from workbench.search import run_search
 
     settings_ = [1.8, 1.2, 2.0, 1.0, 1.1]
@@ -255,20 +267,20 @@ def test_failed_and_pruned_trials_are_recorded_and_the_search_goes_on(smoke_worl
                                            "gate.disagree_interp_beta": 0.5}} for lh in settings_]
     space = write_space(tmp_path / "space.yaml", n_trials=5, enqueue=enq)
     current = {}
-    real_train_seed = S.train_seed
+    real_train_run = R.train_run
 
-    def train_seed(cfg, *args, **kwargs):
+    def train_run(cfg, **kwargs):
         if cfg.gate.lambda_high == 1.2:
             raise RuntimeError("boom: a broken trial")
         current["lh"] = cfg.gate.lambda_high
-        return real_train_seed(cfg, *args, **kwargs)
+        return real_train_run(cfg, **kwargs)
 
     def fake_evaluate(model, benchmarks, **kwargs):
         acc = current.get("lh", 1.5) / 3
         per = {b: {"avg_at_k": acc, "pass_at_k": acc} for b in benchmarks}
         return {"k": 2, "n_samples": 2, "avg_at_k": acc, "pass_at_k": acc, "benchmarks": per}
 
-    monkeypatch.setattr(S, "train_seed", train_seed)
+    monkeypatch.setattr(R, "train_run", train_run)
     monkeypatch.setattr(T, "evaluate", fake_evaluate)
     monkeypatch.setattr(E, "evaluate", fake_evaluate)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"  # an RDB URL this time

@@ -23,6 +23,7 @@ from workbench.io import atomic_dir, atomic_write_json, atomic_write_text
 from workbench.tracking import (
     NonFiniteLossError,
     ResumeError,
+    StopRun,
     Tracker,
     check_finite,
     default_tracking_uri,
@@ -191,7 +192,8 @@ def test_nan_loss_stops_the_run_and_marks_it_failed(store, tmp_path):
     check_finite(0.0, 1)
 
 
-@pytest.mark.parametrize("error, status", [(ValueError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED")])
+@pytest.mark.parametrize("error, status", [(ValueError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
+                                           (StopRun("pruned", tags={"optuna.state": "PRUNED"}), "KILLED")])
 def test_an_exception_marks_the_run(store, tmp_path, error, status):
     with pytest.raises(type(error)), Tracker(tmp_path / "run", experiment="ends", run_name="exc", tracking_uri=store) as tr:
         tr.log_metrics({"train/loss": 1.0}, 1)
@@ -199,6 +201,8 @@ def test_an_exception_marks_the_run(store, tmp_path, error, status):
     run = client(store).get_run(tr.run_id)
     assert run.info.status == status
     assert run.data.tags["failure"].startswith(type(error).__name__)
+    for k, v in getattr(error, "tags", {}).items():
+        assert run.data.tags[k] == v
 
 
 # -- resuming --------------------------------------------------------------------------

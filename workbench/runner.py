@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +52,13 @@ def start_grid(out: str | Path, *, experiment: str, scale: str) -> dict[str, Any
 
 def train_run(config: str | Path | RunConfig, *, run_dir: str | Path, world: str | Path,
               overrides: Overrides = (), scale: str | None = None, experiment: str = "sgopd-mini",
-              parent_run_id: str | None = None, evaluate_final: bool = True) -> dict | None:
-    """Train (or resume) one run and evaluate its final model; returns the evaluation."""
+              parent_run_id: str | None = None, evaluate_final: bool = True, tags: dict | None = None,
+              on_eval: Callable[[int, dict], None] | None = None) -> dict | None:
+    """Train (or resume) one run and evaluate its final model; returns the evaluation.
+
+    ``tags`` are added to the MLflow run's standard tags; ``on_eval(step, result)`` sees each
+    intermediate evaluation and may raise ``tracking.StopRun`` to end the run KILLED.
+    """
     from workbench.tracking import Tracker, load_history, standard_tags
 
     cfg = resolve_config(config, scale=scale, overrides=overrides)
@@ -73,8 +78,9 @@ def train_run(config: str | Path | RunConfig, *, run_dir: str | Path, world: str
     if evaluate_final and done.exists() and (run_dir / "final").exists():
         return json.loads(done.read_text())  # finished earlier: a rerun changes nothing
     with Tracker(run_dir, experiment=experiment, run_name=f"{cfg.name or run_dir.name}-seed{cfg.seed}",
-                 tags=standard_tags(cfg), config=cfg.to_dict(), parent_run_id=parent_run_id) as tracker:
-        final = train(cfg, run_dir, world, tracker)
+                 tags={**standard_tags(cfg), **(tags or {})}, config=cfg.to_dict(),
+                 parent_run_id=parent_run_id) as tracker:
+        final = train(cfg, run_dir, world, tracker, on_eval=on_eval)
         if not evaluate_final:
             return None
         result = _evaluate(final, World.open(world), cfg)

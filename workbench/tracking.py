@@ -96,6 +96,15 @@ class ResumeError(RuntimeError):
     """A run directory cannot be resumed as asked; the message says why and what to do."""
 
 
+class StopRun(Exception):
+    """Raised inside a ``Tracker`` to stop its run on purpose (a pruned search trial): the run
+    ends KILLED, not FAILED, with ``tags`` set."""
+
+    def __init__(self, message: str, *, tags: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.tags = dict(tags or {})
+
+
 def check_finite(value: float, step: int, name: str = "loss") -> None:
     v = float(value)
     if not math.isfinite(v):
@@ -372,8 +381,10 @@ class Tracker:
         if exc is None:
             self.finish()
             return False
-        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        status = "FAILED" if isinstance(exc, Exception) and not isinstance(exc, StopRun) else "KILLED"
         try:
+            if isinstance(exc, StopRun) and exc.tags:
+                self.set_tags(exc.tags)
             self.fail(f"{type(exc).__name__}: {exc}", status=status)
         except Exception:  # never hide the error that ended the run behind a tracking error
             log.exception("could not mark MLflow run %s %s", self.run_id, status)

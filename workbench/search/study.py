@@ -319,8 +319,9 @@ def run_trial(ctx: SearchContext, storage, trial_id: int) -> str:
     import optuna
     from optuna.trial import TrialState
 
+    from workbench import runner
     from workbench.runner import resolve_config
-    from workbench.tracking import Tracker
+    from workbench.tracking import StopRun, Tracker
 
     number = storage.get_trial(trial_id).number
     study = load(ctx, storage, trial_number=number)
@@ -353,18 +354,20 @@ def run_trial(ctx: SearchContext, storage, trial_id: int) -> str:
                     for i, cfg in enumerate(configs):
                         hook = _reporter(trial, storage, trial_id, tt, offset=i * per_seed, key=ctx.metric_key,
                                          progress=progress)
-                        result = train_seed(cfg, trial_dir / f"seed{cfg.seed}", ctx.world, experiment=experiment,
-                                            parent_run_id=tt.run_id, tags={"optuna.trial": number}, on_eval=hook)
+                        # cfg.eval.benchmarks is the validation split: no benchmark is seen here.
+                        result = runner.train_run(cfg, run_dir=trial_dir / f"seed{cfg.seed}", world=ctx.world,
+                                                  experiment=experiment, parent_run_id=tt.run_id, on_eval=hook,
+                                                  tags={"workbench.kind": "trial-run", "optuna.trial": number})
                         values.append(100 * float(result[ctx.metric_key]))
                     value = statistics.fmean(values)
                     progress["step"] = per_seed * len(configs)
                     if progress["step"] > tt.last_step:
                         tt.log_metrics({"search/objective": value}, step=progress["step"])
                     tt.set_tags({STATE_TAG: "COMPLETE", "optuna.value": value})
-                except optuna.TrialPruned as e:
+                except StopRun as e:  # pruned: stopped on purpose, not broken
                     state = TrialState.PRUNED
-                    tt.set_tags({STATE_TAG: "PRUNED"})
-                    tt.fail(f"pruned by the search: {e}", status="KILLED")  # stopped on purpose, not broken
+                    tt.set_tags(e.tags)
+                    tt.fail(str(e), status="KILLED")
                 except Exception as e:
                     state, error = TrialState.FAIL, f"{type(e).__name__}: {e}"
                     tt.set_tags({STATE_TAG: "FAIL"})
@@ -399,7 +402,7 @@ def _reporter(trial, storage, trial_id: int, tracker, *, offset: int, key: str, 
     Steps of later seeds continue after the earlier seeds' (``offset``), so every trial
     reports the same step numbers and the pruner compares like with like.
     """
-    import optuna
+    from workbench.tracking import StopRun
 
     def on_eval(step: int, result: dict) -> None:
         g = offset + step
@@ -411,40 +414,9 @@ def _reporter(trial, storage, trial_id: int, tracker, *, offset: int, key: str, 
         if g not in storage.get_trial(trial_id).intermediate_values:
             trial.report(value, g)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"step {g}: {key} {value:.2f}")
+            raise StopRun(f"pruned by the search at step {g}: {key} {value:.2f}", tags={STATE_TAG: "PRUNED"})
 
     return on_eval
-
-
-def train_seed(cfg, run_dir: Path, world: Path, *, experiment: str, parent_run_id: str, tags: dict,
-               on_eval: Callable[[int, dict], None]) -> dict:
-    """One training run of a trial (resuming from its last checkpoint), scored on the validation split."""
-    import optuna
-
-    from workbench.mini.evaluate import eval_metrics
-    from workbench.mini.trainer import World, train
-    from workbench.runner import _evaluate
-    from workbench.tracking import Tracker, load_history, standard_tags
-
-    done = run_dir / "eval.json"
-    if done.exists() and (run_dir / "final").exists():
-        return json.loads(done.read_text())  # finished before the trial was stopped
-    with Tracker(run_dir, experiment=experiment, run_name=f"{cfg.name}-seed{cfg.seed}",
-                 tags={**standard_tags(cfg), "workbench.kind": "trial-run", **tags}, config=cfg.to_dict(),
-                 parent_run_id=parent_run_id) as tracker:
-        try:
-            final = train(cfg, run_dir, world, tracker, on_eval=on_eval)
-        except optuna.TrialPruned as e:
-            tracker.set_tags({STATE_TAG: "PRUNED"})
-            tracker.fail(f"pruned by the search: {e}", status="KILLED")
-            raise
-        result = _evaluate(final, World.open(world), cfg)  # cfg.eval.benchmarks is the validation split
-        atomic_write_json(done, result)
-        last = cfg.train.total_steps
-        if not any("eval/avg_at_k" in r and r["step"] == last for r in load_history(run_dir)):
-            tracker.log_metrics(eval_metrics(result), step=last)
-            tracker.commit(last)
-    return result
 
 
 # -- several workers -------------------------------------------------------------------------

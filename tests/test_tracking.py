@@ -27,6 +27,7 @@ from workbench.tracking import (
     Tracker,
     check_finite,
     default_tracking_uri,
+    display_uri,
     load_history,
     standard_tags,
 )
@@ -456,6 +457,13 @@ def test_default_tracking_uri(tmp_path, monkeypatch):
     assert default_tracking_uri().endswith("/results/mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
+
+
+def test_display_uri_hides_credentials_and_the_checkout_path():
+    root = Path(__file__).resolve().parents[1]
+    assert display_uri(f"sqlite:///{root}/results/mlflow.db") == "sqlite:///results/mlflow.db"
+    assert display_uri("sqlite:////elsewhere/mlflow.db") == "sqlite:////elsewhere/mlflow.db"
+    assert display_uri("https://user:secret@mlflow.example.org") == "https://***@mlflow.example.org"
 
 
 def test_importing_tracking_does_not_import_mlflow():

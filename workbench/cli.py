@@ -148,28 +148,37 @@ def _casestudy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _search_context(args: argparse.Namespace):
+def _search_context(args: argparse.Namespace, *, training: bool = False, threads: int | None = None):
+    """The study's context, or exit 2 naming what is wrong with the space. A ``training``
+    process also sets torch's ``threads`` and turns SIGTERM into KeyboardInterrupt, so that a
+    scheduler's stop re-queues the running trial instead of losing it."""
+    import signal
+
+    from workbench.search import SearchSpaceError
     from workbench.search.study import make_context
 
-    return make_context(args.space, scale=args.scale, study=args.study, storage=args.storage, out=args.out,
-                        world=args.world, experiment=args.experiment,
-                        **{k: getattr(args, k) for k in ("heartbeat_s", "stale_after_s", "poll_s") if hasattr(args, k)})
+    try:
+        ctx = make_context(args.space, scale=args.scale, study=args.study, storage=args.storage, out=args.out,
+                           world=args.world, experiment=args.experiment,
+                           **{k: getattr(args, k) for k in ("heartbeat_s", "stale_after_s", "poll_s") if hasattr(args, k)})
+    except SearchSpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if training:
+        _threads(threads)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    return ctx
 
 
 def _search(args: argparse.Namespace) -> int:
     import os
-    import signal
 
-    from workbench.search import SearchSpaceError, run_search
+    from workbench.search import run_search
 
-    try:
-        ctx = _search_context(args)
-    except SearchSpaceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if args.check:
         from workbench.search.space import corner
 
+        ctx = _search_context(args)
         print(f"ok: {args.space}: study {ctx.study_name}, {ctx.space.n_trials} trials, scale {ctx.scale}, "
               f"storage {ctx.storage_url}")
         for which in ("low", "high"):
@@ -177,37 +186,22 @@ def _search(args: argparse.Namespace) -> int:
         return 0
     # Each worker gets its share of the cores unless told otherwise.
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    _threads(threads)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a scheduler's stop re-queues running trials
+    ctx = _search_context(args, training=True, threads=threads)
     reports = None if args.no_report else f"{args.reports}/{ctx.study_name}"
     return run_search(ctx, workers=args.workers, threads=threads, reports_dir=reports, benchmarks=not args.no_benchmarks)
 
 
 def _search_worker(args: argparse.Namespace) -> int:
-    import signal
-
-    from workbench.search import SearchSpaceError
     from workbench.search.study import run_worker
 
-    try:
-        ctx = _search_context(args)
-    except SearchSpaceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    _threads(args.threads)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    run_worker(ctx, max_trials=args.max_trials)
+    run_worker(_search_context(args, training=True, threads=args.threads), max_trials=args.max_trials)
     return 0
 
 
 def _search_report(args: argparse.Namespace) -> int:
-    from workbench.search import SearchSpaceError, finalize
+    from workbench.search import finalize
 
-    try:
-        ctx = _search_context(args)
-    except SearchSpaceError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    ctx = _search_context(args)
     print(finalize(ctx, reports_dir=f"{args.reports}/{ctx.study_name}", benchmarks=not args.no_benchmarks))
     return 0
 

@@ -123,6 +123,16 @@ def default_tracking_uri(root: str | os.PathLike[str] | None = None) -> str:
     return f"sqlite:///{(base / 'results' / 'mlflow.db').resolve()}"
 
 
+def display_uri(uri: str | None) -> str:
+    """A tracking URI as reports print it: credentials dropped, and a SQLite file inside the
+    repository given relative to it (the reports' commands run from the repository root)."""
+    uri = re.sub(r"//[^/@]+@", "//***@", uri or "?")
+    if uri.startswith("sqlite:///"):
+        with contextlib.suppress(ValueError):
+            return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).relative_to(_repo_root().resolve()))
+    return uri
+
+
 def standard_tags(cfg: Any) -> dict[str, str]:
     """The tags every run carries, read from a ``workbench.config.RunConfig`` (or look-alike)."""
     tags = {

@@ -15,7 +15,6 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
-import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ from workbench.analysis import stats as S
 from workbench.analysis.figures import FIGURES, write_figures
 from workbench.analysis.paper import Paper, load_paper
 from workbench.analysis.tables import make_tables
+from workbench.tracking import display_uri
 
 REPORT_NAME = "REPRODUCTION.md"
 CAPTIONS = {
@@ -128,7 +128,7 @@ def _provenance(runs, command: str | None) -> list[str]:
         f"- Analysis code: git commit `{code}`" + (" (uncommitted changes)" if dirty else ""),
         (f"- Training runs: git commit(s) {', '.join(f'`{c}`' for c in commits) or 'not tagged'}; "
         f"backend(s) {', '.join(backends) or 'not tagged'}"),
-        f"- MLflow: experiment `{runs.experiment or '?'}` at `{_redact(runs.tracking_uri)}`",
+        f"- MLflow: experiment `{runs.experiment or '?'}` at `{display_uri(runs.tracking_uri)}`",
         (f"- Machine: {platform.platform()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
         f"torch {_version('torch')}; mlflow {_version('mlflow')}; numpy {_version('numpy')}"),
         f"- Runs: {len(frame)} child runs of {frame['run'].nunique() if len(frame) else 0} run ids; seeds: {seeds}",
@@ -194,11 +194,6 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _redact(uri: str) -> str:
-    """Drop credentials from an http(s) tracking URI before printing it."""
-    return re.sub(r"//[^/@]+@", "//***@", uri or "?")
 
 
 def _git(args: list[str]) -> str | None:

@@ -169,11 +169,11 @@ def summary_markdown(ctx: S.SearchContext, study, figures: dict[str, str],
     errors = [t for t in trials if t.user_attrs.get(S.ERROR)]
     if errors:
         lines += ["", "Failed trials: " + "; ".join(f"{t.number}: {t.user_attrs[S.ERROR][:200]}" for t in errors)]
-    from workbench.tracking import default_tracking_uri
+    from workbench.tracking import default_tracking_uri, display_uri
 
     lines += ["", "## Browse", "", "```bash",
               f".venv/bin/optuna-dashboard {ctx.storage_url}   # pip install optuna-dashboard (or -e '.[search]')",
-              (f".venv/bin/mlflow ui --backend-store-uri {default_tracking_uri()}   # experiment "
+              (f".venv/bin/mlflow ui --backend-store-uri {display_uri(default_tracking_uri())}   # experiment "
                f"{study.user_attrs.get(S.EXPERIMENT, ctx.experiment)}, parent run search-{ctx.study_name}"),
               "```", ""]
     return "\n".join(lines)

@@ -379,6 +379,17 @@ def test_one_seed_and_missing_runs_are_reported_honestly(runs, paper, tmp_path):
     assert "not drawn" in text and "**reproduced**" not in text and "1 per run (0)" in text
 
 
+def test_report_sums_the_runs_compute_time():
+    import pandas as pd
+
+    from workbench.analysis.report import _compute
+
+    start = pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:00:00", None], utc=True)
+    end = pd.to_datetime(["2026-01-01 00:01:00", "2026-01-01 00:02:00", None], utc=True)
+    line, = _compute(pd.DataFrame({"start_time": start, "end_time": end}))
+    assert line == "- Compute: 0.05 h of run time summed over 2 runs (MLflow start to end; the longest 2.0 min)"
+
+
 # -- notebook --------------------------------------------------------------------------------
 def test_notebook_executes_headless(store, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")

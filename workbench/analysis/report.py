@@ -132,7 +132,19 @@ def _provenance(runs, command: str | None) -> list[str]:
         (f"- Machine: {platform.platform()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
         f"torch {_version('torch')}; mlflow {_version('mlflow')}; numpy {_version('numpy')}"),
         f"- Runs: {len(frame)} child runs of {frame['run'].nunique() if len(frame) else 0} run ids; seeds: {seeds}",
+        *_compute(frame),
     ]
+
+
+def _compute(frame) -> list[str]:
+    """The runs' summed MLflow durations (start to end: a resumed run also counts its pause)."""
+    if not len(frame) or "start_time" not in frame or "end_time" not in frame:
+        return []
+    seconds = (frame["end_time"] - frame["start_time"]).dt.total_seconds().dropna()
+    if not len(seconds):
+        return []
+    return [(f"- Compute: {seconds.sum() / 3600:.2f} h of run time summed over {len(seconds)} runs "
+            f"(MLflow start to end; the longest {seconds.max() / 60:.1f} min)")]
 
 
 def _seed_summary(runs) -> str:

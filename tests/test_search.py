@@ -80,7 +80,7 @@ def check_mlflow(uri: str, experiment: str, trials) -> dict[int, object]:
         assert run.info.status == want, (t.number, t.state.name, run.info.status)
     # Each trial's training runs (one per seed) are children of its run; pruning kills the
     # seed run it stopped (KILLED, tagged PRUNED), it does not fail it.
-    trial_of = {r.info.run_id: t.number for t in trials for r in [by_trial[t.number]]}
+    trial_of = {run.info.run_id: number for number, run in by_trial.items()}
     state = {t.number: t.state.name for t in trials}
     for r in (r for r in runs if r.data.tags.get("workbench.kind") == "trial-run"):
         number = trial_of[r.data.tags["mlflow.parentRunId"]]

@@ -57,10 +57,10 @@ def test_config_check_prints_resolved_config_and_fails_on_bad_files(tmp_path):
     r = run("config", "check", str(good))
     assert "lambda_base: 1.5" in r.stdout and "sign_gate: false" in r.stdout and "mode: none" in r.stdout
     r = run("config", "check", str(good), str(bad), check=False)
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "phase1_end_frac (0.6) must be < phase2_end_frac (0.4)" in r.stderr and str(bad) in r.stderr
     r = run("config", "check", "-q", str(good), "--set", "gate.lambda_base=0.5", check=False)
-    assert r.returncode == 1 and "gate.lambda_base" in r.stderr
+    assert r.returncode == 2 and "gate.lambda_base" in r.stderr
 
 
 def test_config_check_whole_grid():

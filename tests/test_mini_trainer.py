@@ -184,14 +184,20 @@ def test_eval_cli_on_world_models(smoke_world, tmp_path):
     assert "AVG" in r.stdout
 
 
-def test_a_changed_config_starts_the_run_directory_afresh(smoke_world, tmp_path, store):
+def test_a_changed_config_is_refused_and_restart_starts_afresh(smoke_world, tmp_path, store):
+    from workbench.errors import UserError
+
     run_dir = tmp_path / "opd"
     first = train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE)
     first_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
     # Same config: nothing is redone.
     assert train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE) == first
-    # A different learning rate is a different run: a new MLflow run, a fresh history.
-    train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE + ["optim.lr=0.01"])
+    # A different learning rate is a different run: refused, the finished run kept as it was.
+    with pytest.raises(UserError, match="another config.*--restart"):
+        train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE + ["optim.lr=0.01"])
+    assert json.loads((run_dir / "eval.json").read_text()) == first
+    # Starting afresh on purpose: a new MLflow run, a fresh history.
+    train_run(RUNS / "opd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE + ["optim.lr=0.01"], restart=True)
     state = json.loads((run_dir / "tracking.json").read_text())
     assert state["run_id"] != first_id
     assert [r["step"] for r in load_history(run_dir) if "train/loss" in r] == [1, 2, 3]

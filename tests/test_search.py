@@ -137,9 +137,8 @@ def test_shipped_spaces_are_valid():
 def test_a_malformed_space_fails_before_any_trial_runs(tmp_path, capsys):
     bad = write_space(tmp_path / "bad.yaml", pruner={"name": "medain"})
     out = tmp_path / "out"
-    with pytest.raises(SystemExit) as e:
-        main(["search", str(bad), "--out", str(out), "--world", str(tmp_path / "no-world"), "--workers", "2"])
-    assert e.value.code == 2
+    rc = main(["search", str(bad), "--out", str(out), "--world", str(tmp_path / "no-world"), "--workers", "2"])
+    assert rc == 2
     assert "pruner.name" in capsys.readouterr().err
     assert not out.exists()  # no storage, no study, no run directory
 

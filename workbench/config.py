@@ -10,13 +10,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, ValidationError, field_validator, model_validator
 
+from workbench.errors import UserError
 from workbench.methods import METHODS
 from workbench.registry import Registry
 
@@ -24,26 +26,29 @@ BACKENDS: Registry[str] = Registry("backend")
 BACKENDS.register("mini", "workbench.mini")
 BACKENDS.register("verl", "workbench.backends.verl")
 
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
-OpenFraction = Annotated[float, Field(gt=0.0, le=1.0)]
-PosFloat = Annotated[float, Field(gt=0.0)]
-NonNegFloat = Annotated[float, Field(ge=0.0)]
-PosInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
+# Strict: a bool is not a number and "5" is not an int (YAML's `yes` or a quoted number is a
+# mistake, not a value); floats accept ints. Non-finite floats are refused by ``_Section``.
+Fraction = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+OpenFraction = Annotated[float, Strict(), Field(gt=0.0, le=1.0)]
+PosFloat = Annotated[float, Strict(), Field(gt=0.0)]
+NonNegFloat = Annotated[float, Strict(), Field(ge=0.0)]
+PosInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+Seed = Annotated[int, Strict(), Field(ge=0, lt=2**32)]  # numpy's seed range
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid run config; the message names each offending field."""
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class GateConfig(_Section):
     """Token-level sign-consistency gate (SPEC section 3)."""
 
-    sign_gate: bool = True
+    sign_gate: StrictBool = True
     lambda_base: PosFloat = 1.25
     lambda_high: PosFloat = 1.8
     disagree_mode: str = "interp"
@@ -95,9 +100,9 @@ class StabilityConfig(_Section):
 class PTSConfig(_Section):
     """Phased teacher sampling (SPEC section 6)."""
 
-    enabled: bool = True
+    enabled: StrictBool = True
     teacher_sampling_ratio: OpenFraction = 0.125
-    filter_correct: bool = True
+    filter_correct: StrictBool = True
     phase1_end_frac: Fraction = 0.30
     phase2_end_frac: Fraction = 0.35
     alpha0: NonNegFloat = 1.0
@@ -120,7 +125,7 @@ class SFTConfig(_Section):
     """Teacher data of the SFT-family methods (sft, seqkd, time-separated stage 1)."""
 
     teacher_decoding: Literal["sample", "greedy"] = "sample"
-    filter_correct: bool = False
+    filter_correct: StrictBool = False
     # pool: one teacher response per training prompt; pts: as many teacher responses as
     # PTS with this run's pts section would draw (the time-separated stage 1's budget).
     teacher_budget: Literal["pool", "pts"] = "pool"
@@ -135,7 +140,7 @@ class OptimConfig(_Section):
     warmup_steps: NonNegInt = 0
     weight_decay: NonNegFloat = 0.0
     grad_clip: PosFloat | None = 1.0
-    eps_low: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    eps_low: Annotated[float, Strict(), Field(gt=0.0, lt=1.0)] = 0.2
     eps_high: PosFloat = 0.2
 
 
@@ -151,7 +156,7 @@ class TrainConfig(_Section):
     steps: PosInt = 200
     # The share of ``steps`` this run trains: the time-separated stages split one budget
     # (stage 1 SFT 0.35, stage 2 0.65), so ``steps`` stays the grid's common budget.
-    steps_frac: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    steps_frac: OpenFraction = 1.0
     checkpoint_every: PosInt = 50
     eval_every: NonNegInt = 0  # 0: evaluate the final checkpoint only
     keep_checkpoints_at: tuple[Fraction, ...] = ()  # extra checkpoints, as fractions of steps
@@ -187,7 +192,7 @@ class RunConfig(_Section):
     group: str | None = None
     method: str = "sgopd"
     backend: str = "mini"
-    seed: NonNegInt = 0
+    seed: Seed = 0
     gate: GateConfig = GateConfig()
     stability: StabilityConfig = StabilityConfig()
     pts: PTSConfig = PTSConfig()
@@ -282,13 +287,75 @@ def parse_config(data: Mapping[str, Any] | None, *, source: str = "config") -> R
 def load_config(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> RunConfig:
     """Load a YAML run config (only the differences from the defaults) plus overrides."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = read_yaml(path, what="run config")
+    if data is None:  # an empty file is a mistake (a wrong path, a lost edit), not "all defaults"
+        raise ConfigError(f"{path}: empty run config; list at least the method (e.g. `method: sgopd`), "
+                          "or `{}` for all defaults")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
     return parse_config(_apply_overrides(data, overrides), source=str(path))
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML for configs: a repeated key is an error (PyYAML keeps the last one silently),
+    and ``1e-3`` is a float as in YAML 1.2 (PyYAML's YAML 1.1 reads it as a string)."""
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                if key in seen:
+                    raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
+                                      f"(first on line {seen[key]}); keep one")
+                seen[key] = key_node.start_mark.line + 1
+            except TypeError:
+                pass  # unhashable: SafeLoader's own error says so
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    """YAML text as Python data; every problem is one ``ConfigError`` line naming ``source``."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(e)}") from None
+
+
+def read_yaml(path: str | Path, *, what: str = "file") -> Any:
+    """A YAML file's data (None when it is empty); a missing or unreadable file is a ``ConfigError``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a {what} file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the {what}: {e.strerror or e}") from None
+    return parse_yaml(text, source=str(path))
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, and what."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(e, "problem", None) or str(e)
+    context = getattr(e, "context", None)
+    return " ".join((f"{where}{problem}" + (f" ({context})" if context else "")).split())
 
 
 def _apply_overrides(data: Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
@@ -303,7 +370,7 @@ def split_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r}: expected key=value, e.g. gate.lambda_high=1.5")
-    return key.strip(), yaml.safe_load(raw)
+    return key.strip(), parse_yaml(raw, source=f"override {text!r}")
 
 
 def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
@@ -336,12 +403,18 @@ def _diff(d: Mapping[str, Any], base: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _format_error(err: Mapping[str, Any]) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    # A key that is empty or holds control characters is shown quoted, so it stays visible and one line.
+    loc = ".".join(str(p) if str(p).isprintable() and str(p).strip() == str(p) != "" else repr(p) for p in err["loc"])
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         parent = _section_at(err["loc"][:-1])
         valid = ", ".join(parent.model_fields) if parent else ""
         return f"{loc}: unknown key (valid keys here: {valid})"
+    if err["type"] == "finite_number":
+        msg = f"must be a finite number, got {err['input']!r}"
+    elif err["type"].endswith("_type") or err["type"] in ("literal_error", "bool_parsing"):
+        shown = repr(err["input"])
+        msg += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
     # Model-level validators carry the field in their message already.
     return f"{loc}: {msg}" if loc else msg
 

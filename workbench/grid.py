@@ -19,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from workbench.registry import UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
@@ -37,6 +37,7 @@ class Scale:
     seeds: tuple[int, ...]
     overrides: Mapping[str, Any]
     threads: int = 1
+    caveat: str | None = None  # printed at the top of the scale's report (smoke: the numbers mean nothing)
 
 
 def run_ids(experiments: Path = EXPERIMENTS) -> list[str]:
@@ -46,7 +47,7 @@ def run_ids(experiments: Path = EXPERIMENTS) -> list[str]:
 def run_file(run: str, experiments: Path = EXPERIMENTS) -> Path:
     path = experiments / "runs" / f"{run}.yaml"
     if not path.exists():
-        raise ValueError(f"unknown run {run!r}; valid: {', '.join(run_ids(experiments))}")
+        raise UnknownNameError(f"unknown run {run!r}; valid: {', '.join(run_ids(experiments))}")
     return path
 
 
@@ -54,17 +55,27 @@ def scale_names(experiments: Path = EXPERIMENTS) -> list[str]:
     return sorted(p.stem for p in (experiments / "scales").glob("*.yaml"))
 
 
+def check_scale(name: str, experiments: Path = EXPERIMENTS) -> str:
+    """``name`` if it is a scale of ``experiments/scales``; else an error listing the valid ones."""
+    if name not in scale_names(experiments):
+        raise UnknownNameError(f"unknown scale {name!r}; valid: {', '.join(scale_names(experiments))}")
+    return name
+
+
 @cache
 def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
-    path = experiments / "scales" / f"{name}.yaml"
-    if not path.exists():
-        raise ValueError(f"unknown scale {name!r}; valid: {', '.join(scale_names(experiments))}")
-    d = yaml.safe_load(path.read_text()) or {}
-    unknown = set(d) - {"backend", "world", "seeds", "overrides", "threads"}
+    from workbench.config import ConfigError, read_yaml
+
+    path = experiments / "scales" / f"{check_scale(name, experiments)}.yaml"
+    d = read_yaml(path, what="scale") or {}
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: a scale must be a mapping, got {type(d).__name__}")
+    unknown = set(d) - {"backend", "world", "seeds", "overrides", "threads", "caveat"}
     if unknown:
-        raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: backend, world, seeds, overrides, threads, caveat")
     return Scale(name=name, backend=d.get("backend", "mini"), world=d.get("world"),
-                 seeds=tuple(d.get("seeds", [0])), overrides=d.get("overrides") or {}, threads=int(d.get("threads", 1)))
+                 seeds=tuple(d.get("seeds", [0])), overrides=d.get("overrides") or {}, threads=int(d.get("threads", 1)),
+                 caveat=d.get("caveat"))
 
 
 def scale_overrides(scale: Scale) -> dict[str, Any]:
@@ -92,7 +103,9 @@ def run_config(run: str, scale: str, seed: int, experiments: Path = EXPERIMENTS)
 
 def init_from(run: str, experiments: Path = EXPERIMENTS) -> str | None:
     """The grid run whose checkpoint this run starts from (time-separated stage 2), if any."""
-    d = yaml.safe_load(run_file(run, experiments).read_text()) or {}
+    from workbench.config import read_yaml
+
+    d = read_yaml(run_file(run, experiments), what="run config") or {}
     return (d.get("train") or {}).get("init_from")
 
 

@@ -6,6 +6,9 @@
   checkpoint, a results folder); on success it is fsynced and renamed to ``path``, on an
   exception it is removed and ``path`` is left as it was.
 
+- ``move_aside(path, why)``: rename ``path`` to a hidden sibling ``.<name>.<why>-*`` (kept
+  for inspection, out of every glob) and return the new path.
+
 Temp names start with ``.`` so globs such as ``step_*`` never match a half-written output.
 """
 
@@ -38,6 +41,14 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def move_aside(path: str | os.PathLike[str], why: str) -> Path:
+    path = Path(path)
+    aside = _temp_sibling(path, why)
+    os.replace(path, aside)
+    _fsync_dir(path.parent)
+    return aside
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:

@@ -17,16 +17,21 @@ Trainer-side use (both backends)::
 
 API
 - ``Tracker(run_dir, *, experiment, run_name, tags=None, config=None, parent_run_id=None,
-  tracking_uri=None)``: a context manager. Attributes ``run_id`` (MLflow's), ``resumed``,
-  ``committed_step``, ``last_step``. Methods ``log_metrics(metrics, step)``, ``commit(step)``,
-  ``truncate_after(step)``, ``log_artifact(path, artifact_path=None)``,
-  ``log_dict(obj, name)``, ``set_tags(tags)``, ``finish()``, ``fail(message)``.
+  tracking_uri=None, lock=None)``: a context manager. ``lock``: the run directory's lock
+  from ``lock_run_dir``, taken and released by the caller (without it the Tracker takes its
+  own). Attributes ``run_id`` (MLflow's), ``resumed``, ``committed_step``, ``last_step``.
+  Methods ``log_metrics(metrics, step)``, ``commit(step)``, ``truncate_after(step)``,
+  ``log_artifact(path, artifact_path=None)``, ``log_dict(obj, name)``, ``set_tags(tags)``,
+  ``finish()``, ``fail(message)``.
   Leaving the block normally marks the run FINISHED; an exception (a non-finite loss
   included) marks it FAILED with the message in tag ``failure``; Ctrl-C marks it KILLED.
 - ``check_finite(value, step, name="loss")`` raises ``NonFiniteLossError``; ``log_metrics``
   calls it on ``train/loss`` (after writing the line, so the bad value is on record).
 - ``standard_tags(cfg)``: run, group, seed, method, backend, config_hash of a ``RunConfig``.
 - ``default_tracking_uri(root=None)``, ``load_history(run_dir)``.
+- ``lock_run_dir(run_dir)``: take a run directory's lock (``RunInUseError`` at once if another
+  process holds it), e.g. to inspect or clear the directory before a Tracker opens on it.
+- ``defer_signals()``: a context manager that holds SIGINT/SIGTERM until its block ends.
 
 Where things go. ``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<repo>/results/mlflow.db``
 with artifacts in ``results/mlartifacts/<experiment>``; an ``http://`` server works too. A
@@ -43,13 +48,23 @@ buffered points up to ``step`` with ``log_batch`` (one call per 1000 points, not
 metric), then records ``committed_step``; ``finish()`` sends the rest. After a crash,
 ``truncate_after(S)`` (S = the checkpoint resumed from) atomically drops local lines past S
 and re-sends lines from ``committed_step`` to S that MLflow lacks (a crash between a
-checkpoint and its commit); resuming from before ``committed_step`` raises ``ResumeError``.
+checkpoint and its commit). Resuming from before ``committed_step`` (the later checkpoints
+were unreadable) replays those steps: the points MLflow already holds keep their values and are
+not sent again (a deterministic replay recomputes the same ones; timings differ).
 The price: MLflow shows a run's curves at checkpoint granularity; ``metrics.jsonl`` is live.
+
+Stops. Every MLflow call, and ``commit``, ``finish``, ``fail`` and the opening as a whole,
+run with SIGINT and SIGTERM held (``defer_signals``); the stop acts once they return. A
+KeyboardInterrupt raised inside SQLAlchemy would leave a SQLite write transaction open, and
+the Tracker's own "mark KILLED" would then wait on that lock for minutes. With a stop
+pending, a busy store is not retried; a run ended by a stop is marked KILLED with at most
+a few attempts. A stop while a Tracker opens ends the new run KILLED.
 
 Concurrency. Two Trackers may not share a run directory (a lock file says so at once).
 Several processes may share one SQLite store: its creation and experiment creation are
 serialised by a lock file beside the database, and "database is locked" errors are
-retried with jittered exponential backoff.
+retried with jittered exponential backoff. Experiments are tagged as model-training
+experiments (``mlflow.experimentKind``), so MLflow 3's UI opens them on the runs list.
 
 mlflow is imported inside functions only, so importing this module stays cheap.
 """
@@ -65,12 +80,15 @@ import os
 import posixpath
 import random
 import re
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TextIO, TypeVar
 
+from workbench.errors import UserError
 from workbench.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -86,14 +104,22 @@ _BATCH = 1000  # MLflow's limit of metrics per log_batch call
 _PARAM_BATCH = 100  # ... and of params per call
 _MAX_PARAM_LEN = 6000
 _MAX_TAG_LEN = 5000
+_STOP_ATTEMPTS = 3  # MLflow calls that end a stopped run: a stop must not wait on a busy store
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview page; this value
+# is the UI's ExperimentKind.CUSTOM_MODEL_DEVELOPMENT (model training: the runs list).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became nan or inf: the run stops and is marked FAILED."""
 
 
-class ResumeError(RuntimeError):
+class ResumeError(UserError, RuntimeError):
     """A run directory cannot be resumed as asked; the message says why and what to do."""
+
+
+class RunInUseError(UserError, RuntimeError):
+    """Another process holds the run directory's lock (it is training there)."""
 
 
 class StopRun(Exception):
@@ -151,6 +177,53 @@ def load_history(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return _read_jsonl(Path(run_dir) / METRICS_FILE)[0]
 
 
+def lock_run_dir(run_dir: str | os.PathLike[str]) -> TextIO:
+    """Create ``run_dir`` if needed and take its lock, the one a Tracker holds: an open file,
+    released by ``close()`` or the process ending. Pass it to a Tracker as ``lock``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} is a file; remove it or pick another directory")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return _try_lock(run_dir / LOCK_FILE)
+    except OSError as e:
+        raise UserError(f"cannot use {run_dir} as a run directory: {e.strerror or e}; pick a writable place") from e
+
+
+_held: list[int] = []  # signals held by the active defer_signals block (main thread only)
+_holding = False
+
+
+@contextlib.contextmanager
+def defer_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, then act on them as their handlers would
+    have (Ctrl-C raises KeyboardInterrupt after the block). Nested blocks belong to the
+    outermost one. Outside the main thread, where handlers cannot be set, the block runs as is."""
+    global _holding
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous: dict[int, Any] = {}
+    _holding = True
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not None:  # None: set outside Python, which cannot be put back
+                previous[sig] = signal.signal(sig, lambda s, _f: _held.append(s))
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _holding = False
+        pending = list(dict.fromkeys(_held))
+        _held.clear()
+        for sig in pending:
+            handler = previous[sig]
+            if callable(handler):
+                handler(sig, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), sig)
+
+
 class Tracker:
     def __init__(
         self,
@@ -162,21 +235,31 @@ class Tracker:
         config: Mapping[str, Any] | None = None,
         parent_run_id: str | None = None,
         tracking_uri: str | None = None,
+        lock=None,
     ):
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._run_lock = _try_lock(self.run_dir / LOCK_FILE)
+        self._own_lock = lock is None
+        self._run_lock = lock_run_dir(self.run_dir) if lock is None else lock
+        self._attempts = 10
+        self._published: set[tuple[str, int]] = set()  # (key, step) MLflow holds from before a replay
+        self._started = False  # True once the MLflow run is RUNNING because of us
         try:
-            self._open(experiment, run_name, dict(tags or {}), config, parent_run_id, tracking_uri)
-        except BaseException:
-            self._run_lock.close()
+            with defer_signals():  # the first use may create the store: never stop half-way
+                self._open(experiment, run_name, dict(tags or {}), config, parent_run_id, tracking_uri)
+        except BaseException as e:
+            if self._started:  # never leave a run RUNNING that no process works on
+                self._abandon(e)
+            if hasattr(self, "_jsonl"):
+                self._jsonl.close()
+            if self._own_lock:
+                self._run_lock.close()
             raise
 
     def _open(self, experiment, run_name, tags, config, parent_run_id, tracking_uri) -> None:
         from mlflow.tracking import MlflowClient
 
         state_path = self.run_dir / STATE_FILE
-        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        state = _read_state(state_path)
         if state and tracking_uri and tracking_uri != state["tracking_uri"]:
             raise ResumeError(
                 f"{self.run_dir} belongs to MLflow run {state['run_id']} in {state['tracking_uri']},"
@@ -187,11 +270,15 @@ class Tracker:
         if config is not None:
             tags.setdefault("config_hash", _hash(config))
         with _store_lock(self.tracking_uri):  # first use creates/migrates the db: one at a time
-            self._client = MlflowClient(self.tracking_uri)
-            if state:
-                self._resume(state, tags)
-            else:
-                self._create(experiment, run_name, tags, parent_run_id)
+            self._client = self._call(MlflowClient, self.tracking_uri)
+            try:
+                if state:
+                    self._resume(state, tags)
+                else:
+                    self._create(experiment, run_name, tags, parent_run_id)
+            except Exception as e:
+                _raise_if_unwritable(self.tracking_uri, e)
+                raise
         if config is not None:  # again on resume: it may not have made it before a crash
             self._log_config(config)
         self.closed = False
@@ -216,6 +303,7 @@ class Tracker:
         exp_id = self._experiment_id(experiment)
         run = self._call(self._client.create_run, exp_id, run_name=run_name, tags={k: _clip(v) for k, v in tags.items()})
         self.run_id = run.info.run_id
+        self._started = True
         self.committed_step: int | None = None
         # Saved before anything else can fail, so a retry resumes this run instead of orphaning it.
         self._save_state()
@@ -235,9 +323,11 @@ class Tracker:
         old, new = run.data.tags.get("config_hash"), tags.get("config_hash")
         if old and new and old != str(new):
             raise ResumeError(
-                f"{self.run_dir} was started with config {old}, resumed with {new}; a changed config needs a new run directory"
+                f"{self.run_dir} was started with config {old}, resumed with {new}; a changed config needs a new run "
+                "directory (or `workbench train --restart` to discard this run)"
             )
         self._call(self._client.update_run, self.run_id, status="RUNNING")
+        self._started = True
 
     def _log_config(self, config: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -249,22 +339,7 @@ class Tracker:
         self.log_dict(config, "config.json")
 
     def _experiment_id(self, name: str) -> str:
-        from mlflow.exceptions import MlflowException
-
-        for _ in range(2):
-            exp = self._call(self._client.get_experiment_by_name, name)
-            if exp is not None:
-                if exp.lifecycle_stage != "active":
-                    raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it or pick another name")
-                return exp.experiment_id
-            try:
-                return self._call(
-                    self._client.create_experiment, name, artifact_location=_artifact_location(self.tracking_uri, name)
-                )
-            except MlflowException as e:  # another process created it first (remote server)
-                if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
-        raise RuntimeError(f"could not create or find MLflow experiment {name!r}")
+        return ensure_experiment(self._client, self.tracking_uri, name, call=self._call)
 
     # -- logging ------------------------------------------------------------------------
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
@@ -297,28 +372,38 @@ class Tracker:
             check_finite(values["train/loss"], step)
 
     def commit(self, step: int) -> None:
-        """A checkpoint at ``step`` is safely on disk: publish buffered metrics up to ``step``."""
-        os.fsync(self._jsonl.fileno())  # the local record must never lag behind MLflow
-        self._send([m for m in self._buffer if m[3] <= step])
-        self._buffer = [m for m in self._buffer if m[3] > step]
-        if self.committed_step is None or step > self.committed_step:
-            self.committed_step = step
-        self._save_state()
+        """A checkpoint at ``step`` is safely on disk: publish buffered metrics up to ``step``.
+        A stop meanwhile waits for the commit to finish (or give up on a busy store)."""
+        with defer_signals():
+            os.fsync(self._jsonl.fileno())  # the local record must never lag behind MLflow
+            self._send([m for m in self._buffer if m[3] <= step])
+            self._buffer = [m for m in self._buffer if m[3] > step]
+            if self.committed_step is None or step > self.committed_step:
+                self.committed_step = step
+            self._save_state()
 
     def truncate_after(self, step: int) -> None:
-        """Resume at checkpoint ``step``: forget later local metrics, finish publishing earlier ones."""
-        if self.committed_step is not None and step < self.committed_step:
-            raise ResumeError(
-                f"MLflow run {self.run_id} already holds metrics up to step {self.committed_step} "
-                f"and MLflow cannot delete them: resume from a checkpoint at step >= "
-                f"{self.committed_step}, or start a new run directory"
-            )
+        """Resume at checkpoint ``step``: forget later local metrics, finish publishing earlier ones.
+
+        A ``step`` before ``committed_step`` (the later checkpoints were unreadable) replays
+        the steps in between: MLflow cannot delete points, so those it holds are kept and the
+        replayed ones are not sent again."""
         records, torn = _read_jsonl(self.run_dir / METRICS_FILE)
         keep = [r for r in records if r["step"] <= step]
         if torn or len(keep) < len(records):
             self._rewrite_jsonl(keep)
         self._buffer = [m for m in self._buffer if m[3] <= step]
         self._set_last(keep)
+        if self.committed_step is not None and step < self.committed_step:
+            keys = self._call(self._client.get_run, self.run_id).data.metrics.keys()
+            self._published = {
+                (key, m.step)
+                for key in keys
+                for m in self._call(self._client.get_metric_history, self.run_id, key)
+                if step < m.step <= self.committed_step
+            }
+            self._buffer = []
+            return
         # Lines in [committed_step, step] may have missed MLflow (crash between checkpoint and
         # commit, or mid-commit); send those it lacks. Steps below committed_step are there.
         lo = self.committed_step if self.committed_step is not None else -math.inf
@@ -357,8 +442,9 @@ class Tracker:
         if self.closed:
             return
         try:
-            self.commit(self.last_step)
-            self._end("FINISHED")
+            with defer_signals():  # a stop now lets the run finish first: its work is done
+                self.commit(self.last_step)
+                self._end("FINISHED")
         finally:
             self._close()
 
@@ -368,10 +454,22 @@ class Tracker:
         if self.closed:
             return
         try:
-            self.set_tags({FAILURE_TAG: message})
-            self._end(status)
+            with defer_signals():  # a second Ctrl-C must not leave the run RUNNING
+                self.set_tags({FAILURE_TAG: message})
+                self._end(status)
         finally:
             self._close()
+
+    def _abandon(self, exc: BaseException) -> None:
+        """End the run after its opening failed or was stopped (nothing local to attach)."""
+        self._attempts = _STOP_ATTEMPTS
+        status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        try:
+            with defer_signals():
+                self.set_tags({FAILURE_TAG: f"{type(exc).__name__}: {exc}"})
+                self._call(self._client.set_terminated, self.run_id, status=status)
+        except Exception:
+            log.exception("could not mark MLflow run %s %s", self.run_id, status)
 
     def _end(self, status: str) -> None:
         self._jsonl.flush()
@@ -382,7 +480,8 @@ class Tracker:
         # A run that could not be ended cleanly stays RUNNING in MLflow; reopening resumes it.
         self.closed = True
         self._jsonl.close()
-        self._run_lock.close()
+        if self._own_lock:
+            self._run_lock.close()
 
     def __enter__(self) -> Tracker:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
@@ -392,6 +491,8 @@ class Tracker:
             self.finish()
             return False
         status = "FAILED" if isinstance(exc, Exception) and not isinstance(exc, StopRun) else "KILLED"
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: end promptly, busy store or not
+            self._attempts = _STOP_ATTEMPTS
         try:
             if isinstance(exc, StopRun) and exc.tags:
                 self.set_tags(exc.tags)
@@ -404,7 +505,7 @@ class Tracker:
     def _send(self, points: list[tuple[str, float, int, int]]) -> None:
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, t, s) for k, v, t, s in points]
+        metrics = [Metric(k, v, t, s) for k, v, t, s in points if (k, s) not in self._published]
         for i in range(0, len(metrics), _BATCH):
             self._call(self._client.log_batch, self.run_id, metrics=metrics[i : i + _BATCH], synchronous=True)
 
@@ -425,23 +526,51 @@ class Tracker:
         if reopen:
             self._jsonl = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
 
-    @staticmethod
-    def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return _retry_locked(fn, *args, **kwargs)
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return _retry_locked(fn, *args, attempts=self._attempts, **kwargs)
 
 
 # -- module helpers ---------------------------------------------------------------------------
+
+def ensure_experiment(client: Any, tracking_uri: str, name: str, *, call: Callable[..., Any] | None = None) -> str:
+    """The id of MLflow experiment ``name``, created if absent, the one way every backend makes
+    experiments: artifacts beside a SQLite store, and tagged as a model-training experiment so
+    that MLflow 3's UI opens it on the runs list. ``call(fn, *args)`` wraps each store call
+    (a Tracker's retries and signal deferral)."""
+    from mlflow.exceptions import MlflowException
+
+    call = call or (lambda fn, *a, **k: fn(*a, **k))
+    for _ in range(2):
+        exp = call(client.get_experiment_by_name, name)
+        if exp is not None:
+            if exp.lifecycle_stage != "active":
+                raise UserError(f"MLflow experiment {name!r} is deleted; restore it or pick another name")
+            if EXPERIMENT_KIND_TAG not in exp.tags:  # made before the tag, or by someone else
+                call(client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            return exp.experiment_id
+        try:
+            return call(client.create_experiment, name, artifact_location=_artifact_location(tracking_uri, name),
+                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        except MlflowException as e:  # another process created it first
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    raise RuntimeError(f"could not create or find MLflow experiment {name!r}")
+
 def _retry_locked(fn: Callable[..., T], *args: Any, attempts: int = 10, **kwargs: Any) -> T:
     """Call ``fn``, retrying SQLite "database is locked" errors with jittered backoff.
 
     MLflow already sets a busy timeout, but SQLite still reports a lock at once when two
-    writers would deadlock, and a bare retry in lockstep just collides again.
+    writers would deadlock, and a bare retry in lockstep just collides again. Each attempt
+    holds SIGINT/SIGTERM (``defer_signals``): a stop lands between attempts, never inside
+    SQLAlchemy with a transaction open.
     """
     for attempt in range(attempts):
         try:
-            return fn(*args, **kwargs)
+            with defer_signals():
+                return fn(*args, **kwargs)
         except Exception as e:
-            if attempt == attempts - 1 or "database is locked" not in str(e):
+            # A stop waiting in an enclosing defer_signals block: give up instead of retrying.
+            if attempt == attempts - 1 or "database is locked" not in str(e) or _held:
                 raise
             delay = min(0.05 * 2**attempt, 2.0) * (0.5 + random.random())
             log.warning("MLflow store busy (%s); retrying in %.2fs", type(e).__name__, delay)
@@ -472,10 +601,24 @@ def _store_lock(uri: str) -> Iterator[None]:
         return
     import fcntl
 
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{db}.lock", "a") as f:
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        f = open(f"{db}.lock", "a")  # noqa: SIM115
+    except OSError as e:
+        raise UserError(f"cannot create the MLflow store {db}: {e.strerror or e}; "
+                        "set MLFLOW_TRACKING_URI to a writable place (e.g. sqlite:////tmp/mlflow.db)") from e
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
+
+
+def _raise_if_unwritable(uri: str, error: Exception) -> None:
+    """A SQLite store that cannot be opened or written is the user's to fix: say which."""
+    db = _sqlite_path(uri)
+    text = str(error)
+    if db is not None and any(s in text for s in ("unable to open database", "readonly database", "disk I/O error")):
+        raise UserError(f"cannot write the MLflow store {db} ({text.splitlines()[0][:200]}); "
+                        "check its permissions or set MLFLOW_TRACKING_URI to a writable place") from error
 
 
 def _try_lock(path: Path):
@@ -486,18 +629,48 @@ def _try_lock(path: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise RuntimeError(f"{path.parent} is in use by another process (a Tracker holds {path})") from None
+        raise RunInUseError(f"{path.parent} is in use by another process (a Tracker holds {path}); "
+                            "wait for that run to end or stop it") from None
     return f  # held until closed, or until the process dies
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # UnicodeDecodeError included
+        state = None
+    if not isinstance(state, dict) or not isinstance(state.get("run_id"), str) or "tracking_uri" not in state:
+        raise ResumeError(
+            f"{path} is unreadable (not JSON with run_id and tracking_uri); it names the run's MLflow run: "
+            "restore it, or delete it to log this run to a new MLflow run (checkpoints and metrics.jsonl "
+            "are kept and re-sent)"
+        )
+    return state
 
 
 def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
     """Records, and whether the last line was cut short by a crash (then it is skipped)."""
     if not path.exists():
         return [], False
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8", errors="replace")
     lines = text.split("\n")
     tail = lines.pop()  # "" when the file ends with a newline
-    records = [json.loads(line) for line in lines if line]
+    records = []
+    for n, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ResumeError(
+                f"{path}, line {n}: not a metrics record ({line[:40]!r}...); repair or delete that line "
+                "(MLflow holds every committed step), then rerun"
+            )
+        records.append(record)
     return records, bool(tail)
 
 

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import UserError
+
 CLASSES = {1: ("consensus", (44, 160, 44)), -1: ("conflict", (214, 39, 40)), 0: ("neutral", (140, 140, 140))}
 
 _CSS = """
@@ -66,6 +68,12 @@ def validate_rollouts(rollouts: Sequence[dict[str, Any]]) -> list[dict[str, Any]
         bad = [c for c in r["token_class"] if int(c) not in CLASSES or int(c) != c]
         if bad:
             raise ValueError(f"rollout {i}: token_class must be +1, -1 or 0, got {bad[0]!r}")
+        if not all(isinstance(t, str) for t in r["tokens"]):
+            raise ValueError(f"rollout {i}: tokens must be strings")
+        try:
+            float(r["reward"]), [float(a) for a in r["advantage"]]
+        except (TypeError, ValueError):
+            raise ValueError(f"rollout {i}: reward and advantage must be numbers") from None
     return list(rollouts)
 
 
@@ -95,7 +103,19 @@ def render_casestudy(rollouts: Sequence[dict[str, Any]], *, title: str = "Sign-c
 
 
 def load_rollouts(path: str | Path) -> list[dict[str, Any]]:
-    return validate_rollouts(json.loads(Path(path).read_text(encoding="utf-8")))
+    """The rollouts of a case-study JSON file; anything wrong with the file is a ``CaseStudyError``."""
+    p = Path(path)
+    if not p.is_file():
+        raise CaseStudyError(f"{p}: no such file (a run's casestudy.json)" if not p.exists() else
+                             f"{p}: is a directory, expected a run's casestudy.json")
+    try:
+        return validate_rollouts(json.loads(p.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as e:  # JSON and schema errors alike
+        raise CaseStudyError(f"{p}: not a case study ({' '.join(str(e).split())[:200]})") from None
+
+
+class CaseStudyError(UserError, ValueError):
+    """A case-study input file that is missing or does not follow the schema."""
 
 
 def write_casestudy(source: str | Path | Sequence[dict[str, Any]], out_path: str | Path, *,

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench.errors import UserError
+
 RUN_COLUMNS = ["mlflow_run_id", "run", "group", "seed", "method", "backend", "kind", "status",
                "start_time", "end_time", "config_hash", "git_commit", "parent_run_id"]
 HISTORY_COLUMNS = ["run", "seed", "mlflow_run_id", "metric", "step", "value"]
@@ -113,16 +115,35 @@ class Runs:
 
     @classmethod
     def read(cls, directory: str | Path) -> Runs:
-        """Read a snapshot written by ``save``."""
+        """Read a snapshot written by ``save``; a missing or broken one is a ``SnapshotError``."""
         d = Path(directory)
-        meta = json.loads((d / "meta.json").read_text())
-        history = pd.read_parquet(d / "history.parquet")
-        history = history.astype({"run": "category", "metric": "category"})
-        skipped = pd.read_parquet(d / "skipped.parquet") if (d / "skipped.parquet").exists() else None
-        out = cls(pd.read_parquet(d / "runs.parquet"), history, meta.get("experiment", ""), meta.get("tracking_uri", ""))
+        if not d.is_dir():
+            what = "is a file, not a snapshot directory" if d.exists() else "no such directory"
+            raise SnapshotError(f"--collected {d}: {what} (write one with `workbench collect`)")
+        missing = [f for f in ("meta.json", "runs.parquet", "history.parquet") if not (d / f).is_file()]
+        if missing:
+            raise SnapshotError(f"--collected {d}: not a snapshot of `workbench collect` (no {', '.join(missing)})")
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+            if not isinstance(meta, dict):
+                raise TypeError("meta.json is not a JSON object")
+            history = pd.read_parquet(d / "history.parquet")
+            history = history.astype({"run": "category", "metric": "category"})
+            skipped = pd.read_parquet(d / "skipped.parquet") if (d / "skipped.parquet").exists() else None
+            runs = pd.read_parquet(d / "runs.parquet")
+            if not {"run", "seed"} <= set(runs.columns):
+                raise ValueError("runs.parquet lacks the run and seed columns")
+        except (OSError, ValueError, KeyError, TypeError) as e:  # pyarrow's errors are OSError / ValueError subclasses
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+            raise SnapshotError(f"--collected {d}: broken snapshot ({reason}); rerun `workbench collect`") from None
+        out = cls(runs, history, meta.get("experiment", ""), meta.get("tracking_uri", ""))
         if skipped is not None:
             out.skipped = skipped
         return out
+
+
+class SnapshotError(UserError, LookupError):
+    """A missing or unreadable input of the analysis verbs: a snapshot, a store, an experiment."""
 
 
 def load_runs(
@@ -148,10 +169,13 @@ def load_runs(
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would create an empty store there and find nothing.
+        raise SnapshotError(f"no MLflow store at {tracking_uri} (set --tracking-uri or MLFLOW_TRACKING_URI)")
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise LookupError(f"no MLflow experiment {experiment!r} in {tracking_uri}")
+        raise SnapshotError(f"no MLflow experiment {experiment!r} in {tracking_uri}")
     all_runs = _search_all(client, exp.experiment_id, ViewType.ACTIVE_ONLY)
     parents = {r.data.tags.get("mlflow.parentRunId") for r in all_runs} - {None}
 

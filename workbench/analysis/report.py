@@ -6,7 +6,8 @@ paper's numbers beside the reproduced ones (also written as Markdown/LaTeX/CSV u
 ``<out_dir>/tables``), the figures (PNG and PDF under ``<out_dir>/figures``, linked
 relatively), and how it was produced: the command, the git commit of the analysis code and
 of the training runs, the machine (platform, CPUs, Python, torch), the date, the MLflow
-experiment, the seeds per run and the runs that were left out.
+experiment, the seeds per run and the runs that were left out. A scale with a ``caveat``
+(``experiments/scales/smoke.yaml``: its numbers mean nothing) gets it at the top.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def write_report(
     write_table_files: bool = True,
     command: str | None = None,
     n_resamples: int = S.N_RESAMPLES,
+    caveat: str | None = None,
 ) -> Path:
     """Write ``<out_dir>/REPRODUCTION.md`` (and its tables and figures); returns its path.
 
@@ -62,6 +64,8 @@ def write_report(
         write_table_files: also write ``<out_dir>/tables/table{1,2,3}.{md,tex,csv}``.
         command: the command line to record (default: this process's ``sys.argv``).
         n_resamples: bootstrap resamples for the claims.
+        caveat: a warning printed at the top (default: the ``caveat`` of the experiment's scale,
+            ``experiments/scales/<scale>.yaml``, for an experiment named ``sgopd-<scale>``).
     """
     paper = paper or load_paper()
     out = Path(out_dir)
@@ -74,10 +78,12 @@ def write_report(
         for t in tables:
             t.write(out / "tables")
     claims = S.evaluate_claims(runs, n_resamples=n_resamples)
+    caveat = caveat if caveat is not None else scale_caveat(runs.experiment)
 
     lines = [
         "# Reproduction report: Sign-Gated On-Policy Distillation (SG-OPD)",
         "",
+        *([f"> **Caveat.** {caveat.strip()}", ""] if caveat else []),
         "Generated from tracked metrics only (MLflow); do not edit by hand, rerun the command below.",
         "",
         "## Provenance",
@@ -183,7 +189,9 @@ def _claims_md(claims: Sequence[S.Claim]) -> list[str]:
             "|---|---|---|---|---|---|---|---|"]
     for c in claims:
         for p in c.parts:
-            seeds = ", ".join(map(str, p.seeds)) or "none"
+            # The count first: a bare seed id "0" would read as "no seeds".
+            ids = ", ".join(map(str, p.seeds))
+            seeds = f"n={len(p.seeds)}" + (f" (seed{'s' * (len(p.seeds) > 1)} {ids})" if p.seeds else "")
             cells = [p.id, p.statement, p.statistic, p.estimate.fmt(3), p.region.describe(), f"**{p.verdict}**", seeds, p.note]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return out
@@ -194,6 +202,16 @@ def _skipped(runs) -> list[str]:
     if sk is None or not len(sk):
         return ["None: every child run found was used."]
     return [f"- `{r.run}` seed {r.seed} (MLflow run `{r.mlflow_run_id}`): {r.reason}" for r in sk.itertuples()]
+
+
+def scale_caveat(experiment: str | None) -> str | None:
+    """The caveat of the scale an experiment belongs to (the workflow names it ``sgopd-<scale>``)."""
+    from workbench import grid as G
+
+    name = (experiment or "").removeprefix("sgopd-")
+    if not (experiment or "").startswith("sgopd-") or name not in G.scale_names():
+        return None
+    return G.load_scale(name).caveat
 
 
 # -- helpers ---------------------------------------------------------------------------------

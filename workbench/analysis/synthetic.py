@@ -99,9 +99,10 @@ def write_runs(tracking_uri: str, experiment: str, runs: list[SyntheticRun], *, 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
+    from workbench.tracking import ensure_experiment
+
     client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, tracking_uri, experiment)
     parent = client.create_run(exp_id, run_name=parent_name, tags={"workbench.kind": "grid"}).info.run_id
     for sr in runs:
         tags = {"mlflow.parentRunId": parent, "run": sr.run, "group": sr.group, "seed": str(sr.seed), "method": sr.method,

@@ -38,6 +38,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from workbench.errors import UserError
+from workbench.status import duration, status
+
 from .models import build_model, count_params, load_model
 from .task import Problem, Style, get_task, verify, write_jsonl
 from .tokenizer import CODEC, EOS_ID, PAD_ID, save_tokenizer
@@ -413,16 +416,26 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
     h = config_hash(cfg, seed)
     out_dir = Path(out_dir)
     man_path = out_dir / "manifest.json"
-    if man_path.exists() and not force:
-        man = json.loads(man_path.read_text())
+    old_man = _read_manifest(man_path)
+    if old_man and not force:
+        man = old_man
         if man.get("config_hash") == h:
+            if verbose:
+                status(f"prepare: the {scale} world in {out_dir} is up to date (hash {h}), nothing to do")
             return man
+    _check_out_dir(out_dir)  # a rebuild replaces out_dir: only if it holds a world and nothing else
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     log = (lambda *a: print("[mini.prepare]", *a, flush=True)) if verbose else None
+    say = status if verbose else (lambda *a, **k: None)
+    say(f"prepare: building the {scale} world in {out_dir} "
+        f"(SFT of the teacher, {cfg.teacher_sft.steps} steps, and the student, {cfg.student_sft.steps} steps)")
     t_start = time.time()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    except OSError as e:
+        raise UserError(f"cannot build a world in {out_dir}: {e.strerror or e}; pick a writable --out") from None
     try:
         task = get_task(cfg.task, seed=seed, bench_size=cfg.bench_size, val_size=cfg.val_size)
         (tmp / "data").mkdir()
@@ -437,9 +450,7 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
         train_eval_stream = task.stream(list(task.sources), "eval")
         train_eval = [next(train_eval_stream) for _ in range(cfg.eval_train_size)]
 
-        old_models: dict = {}
-        if man_path.exists() and not force:
-            old_models = json.loads(man_path.read_text()).get("models", {})
+        old_models: dict = old_man.get("models", {}) if old_man and not force else {}
         models_info = {}
         for role, size, sft_cfg, style in (
             ("teacher", cfg.teacher_size, cfg.teacher_sft, cfg.teacher_style),
@@ -452,13 +463,20 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
                 models_info[role] = {**old_models[role], "reused": True}
                 if log:
                     log(role, "reused from the previous world (same recipe)")
+                say(f"prepare: {role} reused from the previous world (same recipe)")
                 continue
             t0 = time.time()
             model = build_model(size, seed=seed * 1000 + (1 if role == "teacher" else 2))
             pairs = _pairs(task, list(task.sources), f"sft-{role}", style, seed)
-            hist = sft_train(model, pairs, sft_cfg, seed=seed * 1000 + 7,
-                             log=(lambda r, role=role: log(role, r)) if log else None)
+
+            def on_log(r, role=role, total=sft_cfg.steps):
+                log(role, r)
+                # The log has the full record; the terminal gets a line every 10% of the steps.
+                say(f"prepare: training {role} (step {r['step']}/{total}, {duration(r['seconds'])})", stderr=False)
+
+            hist = sft_train(model, pairs, sft_cfg, seed=seed * 1000 + 7, log=on_log if log else None)
             train_s = time.time() - t0
+            say(f"prepare: evaluating {role}")
             max_new = cfg.eval_max_new_tokens or max_response_tokens(
                 [p for ps in benches.values() for p in ps])
             acc = _accuracy_report(model, benches, train_eval, cfg.eval_sample_k, seed, max_new)
@@ -495,10 +513,42 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, out_dir)
+        say(f"prepare: world ready in {out_dir} ({duration(time.time() - t_start)})")
         return manifest
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# What a world directory holds (above, plus the trainer's teacher_data/ cache): prepare
+# replaces a directory only if it holds a world and nothing else.
+_WORLD_ENTRIES = {"manifest.json", "data", "tokenizer", "teacher", "student", "teacher_data"}
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that is a file, or holds anything but a world (``--out results``
+    would otherwise replace the MLflow store and every run)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a directory for the world")
+    if not out_dir.is_dir():
+        return
+    names = {p.name for p in out_dir.iterdir()}
+    if names and "manifest.json" not in names:
+        raise UserError(f"--out {out_dir} is not empty and holds no world (no manifest.json); prepare only "
+                        "replaces a world it built: give an empty or new directory")
+    other = sorted(names - _WORLD_ENTRIES)
+    if other:
+        raise UserError(f"--out {out_dir} holds a world and other files ({', '.join(other[:3])}), which a rebuild "
+                        "would delete; move them out or give another directory")
+
+
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest, or None where there is none or it is unreadable (the world is rebuilt)."""
+    try:
+        man = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return man if isinstance(man, dict) else None
 
 
 def load_world(out_dir: str | Path) -> dict:

@@ -15,7 +15,7 @@ Run directory layout::
     run_dir/metrics.jsonl        one line per step (canonical metric names)
     run_dir/eval.json            evaluation of the final model (written by ``evaluate``)
 
-A run whose directory holds checkpoints resumes from the last one.
+A run whose directory holds checkpoints resumes from the last readable one.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ import transformers
 
 import workbench.algo as A
 from workbench.config import RunConfig
-from workbench.io import atomic_dir, atomic_write_text
+from workbench.io import atomic_dir, atomic_write_text, move_aside
 from workbench.methods import METHODS
 from workbench.mini.evaluate import eval_metrics, evaluate
 from workbench.mini.models import load_model
 from workbench.mini.prepare import generate, max_response_tokens
 from workbench.mini.task import Problem, read_jsonl, verify
 from workbench.mini.tokenizer import CODEC, PAD_ID
+from workbench.status import duration, run_label, status
 from workbench.tracking import check_finite
 
 transformers.utils.logging.disable_progress_bar()  # one bar per checkpoint save is noise in logs
@@ -203,6 +204,28 @@ def _ckpt_dirs(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def load_checkpoint(run_dir: Path) -> tuple[int, torch.nn.Module | None, dict | None]:
+    """``(step, model, optimizer state)`` of the newest readable checkpoint, or ``(0, None, None)``.
+
+    An unreadable one (a truncated ``model.safetensors`` or ``optimizer.pt``) is moved aside
+    as ``checkpoints/.step-N.corrupt-*``, with a warning naming it, and the one before is
+    used: the tracker replays the steps in between (``Tracker.truncate_after``). Loaded on
+    the CPU, so that only the files' contents decide what is unreadable.
+    """
+    for step, path in reversed(_ckpt_dirs(run_dir)):
+        try:
+            model = load_model(path)
+            opt_state = torch.load(path / "optimizer.pt", map_location="cpu")
+        except Exception as e:  # noqa: BLE001 (whatever the reader raises, the files are bad)
+            aside = move_aside(path, "corrupt")
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            status(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason}); moved it to "
+                   f"{aside} and resuming from the checkpoint before it")
+            continue
+        return step, model, opt_state
+    return 0, None, None
+
+
 def save_checkpoint(run_dir: Path, step: int, model, opt, keep: set[int]) -> Path:
     target = run_dir / "checkpoints" / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
@@ -249,10 +272,12 @@ def _prompts_for_step(pool: list[Problem], step: int, n: int, seed: int) -> list
 
 
 class Progress:
-    """A one-line progress bar on a terminal, plain lines in logs."""
+    """A one-line progress bar on a terminal, plain lines in logs; with a ``label``, a status
+    line (``workbench.status``) at each quarter of the steps."""
 
-    def __init__(self, total: int, every: int = 10):
+    def __init__(self, total: int, every: int = 10, label: str | None = None):
         self.total, self.every, self.tty, self.t0 = total, every, sys.stderr.isatty(), time.time()
+        self.label = label
 
     def update(self, step: int, start: int, metrics: dict) -> None:
         done = step + 1
@@ -264,6 +289,9 @@ class Progress:
             print("\r" + line, end="" if done < self.total else "\n", file=sys.stderr, flush=True)
         elif done % self.every == 0 or done == self.total:
             print(line, file=sys.stderr, flush=True)
+        if self.label and done < self.total and done * 4 // self.total > (done - 1) * 4 // self.total:
+            # stderr already has the line above: the quarter marks go to the status descriptor only
+            status(f"{self.label}: step {done}/{self.total}, about {duration(eta)} left", stderr=False)
 
 
 def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=None, *, device: str | None = None,
@@ -285,17 +313,19 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
 
     teacher = load_model(world.root / "teacher").to(device).requires_grad_(False)
     init_path = resolve_init(cfg, run_dir, world)
-    ckpts = _ckpt_dirs(run_dir)
-    start = ckpts[-1][0] if ckpts else 0
-    student = load_model(ckpts[-1][1] if ckpts else init_path).to(device)
+    start, student, opt_state = load_checkpoint(run_dir)
+    student = (student if student is not None else load_model(init_path)).to(device)
     needs_ref = method.family == "pg" and method.advantage == "routed" and not (
         cfg.gate.lambda_base == 1.0 and not cfg.gate.sign_gate and cfg.gate.gate_all_tokens_as is None)
     ref = load_model(init_path).to(device).requires_grad_(False) if needs_ref else None
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    if ckpts:
-        opt.load_state_dict(torch.load(ckpts[-1][1] / "optimizer.pt", map_location=device))
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)  # moves the state to the parameters' device
     if tracker is not None:
         tracker.truncate_after(start)
+    label = run_label(cfg, run_dir)
+    status(f"{label}: resuming from step {start}/{cfg.train.total_steps}" if start
+           else f"{label}: training, {cfg.train.total_steps} steps")
 
     steps, P, G = cfg.train.total_steps, cfg.rollout.prompts_per_step, cfg.rollout.group_size
     temp, top_p = cfg.rollout.temperature, cfg.rollout.top_p
@@ -303,7 +333,7 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
     keep = {round(f * steps) for f in cfg.train.keep_checkpoints_at}
     pool = world.train_pool(cfg.train.sources)
     sft_data = teacher_dataset(cfg, world, teacher, device) if method.family == "sft" else None
-    progress = Progress(steps)
+    progress = Progress(steps, label=label)
     student.train()
 
     for step in range(start, steps):

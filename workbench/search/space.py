@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from workbench.config import ConfigError, RunConfig
+from workbench.errors import UserError
 from workbench.registry import Registry
 
 SAMPLERS: Registry[Callable[..., Any]] = Registry("sampler")
@@ -95,7 +95,7 @@ def _nop(**options: Any):
     return optuna.pruners.NopPruner(**options)
 
 
-class SearchSpaceError(ValueError):
+class SearchSpaceError(UserError, ValueError):
     """An invalid search space; the message names each offending field."""
 
 
@@ -342,25 +342,29 @@ def base_config_path(base: str) -> Path:
         raise SearchSpaceError(f"base: {e}") from None
 
 
-def load_space(path: str | Path, *, scale: str | None = None) -> tuple[SearchSpace, str | None]:
+def load_space(path: str | Path, *, scale: str | None = None,
+               n_trials: int | None = None) -> tuple[SearchSpace, str | None]:
     """Load and fully validate a search space; returns it with its effective scale.
+    ``n_trials`` replaces the file's trial budget (``workbench search --trials``).
 
     Raises ``SearchSpaceError`` (one message naming every offending field) before anything
     is created: no study, no storage, no run directory.
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise SearchSpaceError(f"{path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise SearchSpaceError(f"{path}: not valid YAML: {e}") from None
-    return parse_space(data, source=str(path), scale=scale)
+    from workbench.config import read_yaml
+
+    try:  # the run configs' YAML rules: no repeated keys, 1e-3 is a float
+        data = read_yaml(path, what="search space")
+    except ConfigError as e:
+        raise SearchSpaceError(str(e)) from None
+    return parse_space(data, source=str(path), scale=scale, n_trials=n_trials)
 
 
-def parse_space(data: Any, *, source: str = "search space", scale: str | None = None) -> tuple[SearchSpace, str | None]:
+def parse_space(data: Any, *, source: str = "search space", scale: str | None = None,
+                n_trials: int | None = None) -> tuple[SearchSpace, str | None]:
     if not isinstance(data, Mapping):
         raise SearchSpaceError(f"{source}: a search space must be a mapping, got {type(data).__name__}")
+    if n_trials is not None:
+        data = {**data, "n_trials": n_trials}
     try:
         space = SearchSpace.model_validate(dict(data))
     except ValidationError as e:

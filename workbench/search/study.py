@@ -35,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from workbench.io import atomic_write_json
-from workbench.search.space import METRICS, SearchSpace, base_config_path, load_space, suggest, trial_overrides
+from workbench.search.space import (
+    METRICS,
+    SearchSpace,
+    SearchSpaceError,
+    base_config_path,
+    load_space,
+    suggest,
+    trial_overrides,
+)
 
 # Trial user attributes (visible in optuna-dashboard) and MLflow tags.
 OWNER, HEARTBEAT, ATTEMPTS = "workbench.owner", "workbench.heartbeat", "workbench.attempts"
@@ -71,9 +79,10 @@ class SearchContext:
 def make_context(space_path: str | Path, *, scale: str | None = None, study: str | None = None,
                  storage: str | None = None, out: str | Path = "results/search", world: str | Path | None = None,
                  experiment: str | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 600.0,
-                 poll_s: float = 2.0) -> SearchContext:
-    """Validate the space (before anything is created) and settle names and paths."""
-    space, eff_scale = load_space(space_path, scale=scale)
+                 poll_s: float = 2.0, n_trials: int | None = None) -> SearchContext:
+    """Validate the space (before anything is created) and settle names and paths.
+    ``n_trials`` replaces the space's trial budget (``--trials``)."""
+    space, eff_scale = load_space(space_path, scale=scale, n_trials=n_trials)
     # Another scale is another study: its trials are not comparable with the space's own.
     name = study or (space.name if eff_scale == space.scale else f"{space.name}-{eff_scale}")
     root = Path(out) / name
@@ -142,8 +151,10 @@ def setup_study(ctx: SearchContext):
                                     sampler=ctx.space.make_sampler(), pruner=ctx.space.make_pruner(), load_if_exists=True)
         old = study.user_attrs.get(SPACE_HASH)
         if old is not None and old != h:
-            raise SystemExit(f"study {ctx.study_name!r} in {ctx.storage_url} was started with another search space "
-                             f"(hash {old}, now {h}); pick a new --study or restore {ctx.space_path}")
+            started = study.user_attrs.get(SPACE_DUMP, {}).get("n_trials")
+            same = f"the same --trials ({started}), " if started not in (None, ctx.space.n_trials) else ""
+            raise SearchSpaceError(f"study {ctx.study_name!r} in {ctx.storage_url} was started with another search "
+                                   f"space (hash {old}, now {h}); use {same}a new --study, or restore {ctx.space_path}")
         if old is None:
             study.set_user_attr(SPACE_HASH, h)
             study.set_user_attr(SPACE_DUMP, ctx.space.model_dump(mode="json"))
@@ -426,7 +437,7 @@ def worker_command(ctx: SearchContext, *, threads: int) -> list[str]:
     cmd = [sys.executable, "-m", "workbench", "search-worker", str(ctx.space_path), "--study", ctx.study_name,
            "--storage", ctx.storage_url, "--out", str(ctx.root.parent), "--world", str(ctx.world),
            "--experiment", ctx.experiment, "--threads", str(threads), "--heartbeat", str(ctx.heartbeat_s),
-           "--stale-after", str(ctx.stale_after_s), "--poll", str(ctx.poll_s)]
+           "--stale-after", str(ctx.stale_after_s), "--poll", str(ctx.poll_s), "--trials", str(ctx.space.n_trials)]
     return cmd + (["--scale", ctx.scale] if ctx.scale else [])
 
 

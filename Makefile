@@ -14,7 +14,7 @@ TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,verl
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup reproduce test test-all bench clean
+.PHONY: setup setup-gpu gpu-smoke reproduce test test-all bench clean
 
 setup: $(STAMP)
 
@@ -27,9 +27,12 @@ $(STAMP): pyproject.toml
 # The main job: the whole ablation grid at the mini scale through Snakemake, ending in
 # reports/REPRODUCTION.md. Pass workflow options with ARGS, e.g.
 #   make reproduce ARGS="--config scale=smoke"
+# A Snakemake killed hard leaves its lock behind; it is removed first, but only when no
+# Snakemake or workbench process of this checkout is alive (workflow/unlock_stale.py).
 WORLD := results/mini/world
 ARGS ?=
 reproduce: setup
+	$(BIN)/python workflow/unlock_stale.py
 	$(BIN)/snakemake --cores 2 $(ARGS)
 
 # The default suite (slow tests excluded); pytest exits non-zero when nothing ran.
@@ -43,6 +46,47 @@ bench: setup
 	$(BIN)/python benchmarks/bench_loss.py
 	$(BIN)/workbench prepare --out $(WORLD)
 	$(BIN)/python benchmarks/bench_mini_step.py --world $(WORLD)
+
+# The GPU environment, a venv of its own (the CPU one's torch would satisfy a torch pin
+# with a CPU build): torch, vLLM and transformers at the versions verl 0.9.1 was tested
+# with (pyproject's gpu extra), flash-attn with FLASH_ATTN=1 (compiled against that torch;
+# without it verl-launch switches the FSDP model to SDPA attention), then a check that
+# refuses a CPU torch or other versions. Point pip at a CUDA index with GPU_TORCH_PIP_ARGS,
+# e.g. "--index-url https://download.pytorch.org/whl/cu128".
+GPU_VENV ?= .venv-gpu
+GPU_TORCH_VERSION ?= 2.11.0
+GPU_TORCH_PIP_ARGS ?=
+FLASH_ATTN ?= 0
+FLASH_ATTN_VERSION ?= 2.8.3
+GPU_STAMP := $(GPU_VENV)/.installed-gpu
+
+setup-gpu: $(GPU_STAMP)
+
+$(GPU_STAMP): pyproject.toml
+	test -x $(GPU_VENV)/bin/python || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install "torch==$(GPU_TORCH_VERSION)" $(GPU_TORCH_PIP_ARGS)
+	$(GPU_VENV)/bin/python -m pip install -e ".[dev,verl,gpu]"
+	test "$(FLASH_ATTN)" != 1 || $(GPU_VENV)/bin/python -m pip install --no-build-isolation "flash-attn==$(FLASH_ATTN_VERSION)"
+	$(GPU_VENV)/bin/python -m workbench.backends.verl.stage check-gpu-env
+	touch $@
+
+# The verl path end to end on a GPU machine, in one command (goal: under 8 minutes on one
+# H200): toy models and data, verl-check, 3 sgopd steps through verl-launch, the merge,
+# a vLLM evaluation, assertions; results/gpu-smoke/report.json. DRY_RUN=1 runs every part
+# a CPU can here (report.dry-run.json). GPU_PYTHON=PATH uses a ready GPU environment
+# instead of $(GPU_VENV) (an offline GPU machine cannot run setup-gpu).
+DRY_RUN ?=
+GPU_PYTHON ?=
+ifeq ($(DRY_RUN),1)
+gpu-smoke: setup
+	$(BIN)/python benchmarks/gpu_smoke.py --dry-run
+else ifneq ($(GPU_PYTHON),)
+gpu-smoke:
+	$(GPU_PYTHON) benchmarks/gpu_smoke.py
+else
+gpu-smoke: setup-gpu
+	$(GPU_VENV)/bin/python benchmarks/gpu_smoke.py
+endif
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -32,9 +32,16 @@ REPORT = f"{R}/report"
 # results/: a fresh clone has reports/ but no results, and with reports/ as the target
 # Snakemake would find it up to date and train nothing.
 PUBLISH = "reports" if SCALE.name == "mini" else None
+# reports/REPRODUCTION.md stands for the complete default grid: every run, the scale's seeds,
+# its backend. A subset (`--config seeds=[0]`) keeps its report in results/ and publishes nothing.
+FULL_GRID = set(RUNS) == set(G.run_ids()) and set(SEEDS) == set(SCALE.seeds) and BACKEND == SCALE.backend
 EXTRA = G.extra_evals(RUNS)
 # The CLI of the Python running this workflow, whatever is on PATH.
 WB = f"{sys.executable} -m workbench"
+# Long jobs (prepare, train, eval) also write a status line per stage ("train opd seed0:
+# resuming from step 120/200") to descriptor 3, which their rule points at Snakemake's own
+# stderr before sending the rest to the log: the terminal shows progress, the logs keep all.
+STATUS = "WORKBENCH_STATUS_FD=3"
 for run in RUNS:
     G.run_file(run)  # unknown run ids fail here, listing the valid ones
 
@@ -45,7 +52,8 @@ wildcard_constraints:
 
 
 def report_files():
-    return [f"{REPORT}/REPRODUCTION.md"] + ([f"{REPORT}/casestudy_sgopd.html"] if "sgopd" in RUNS else [])
+    # the case study reads the mini trainer's casestudy.json (verl writes none)
+    return [f"{REPORT}/REPRODUCTION.md"] + ([f"{REPORT}/casestudy_sgopd.html"] if "sgopd" in RUNS and BACKEND == "mini" else [])
 
 
 def provenance():
@@ -57,18 +65,17 @@ def provenance():
         parts.append(f"runs=[{','.join(RUNS)}]")
     if config["backend"]:
         parts.append(f"backend={BACKEND}")
-    return "snakemake --cores 2 --config " + " ".join(parts)
+    head = "snakemake --profile profiles/slurm" if BACKEND == "verl" else "snakemake --cores 2"
+    return head + " --config " + " ".join(parts)
 
 
 rule all:
     input:
-        ([f"{R}/published/grid.done"] if PUBLISH else report_files()) if BACKEND == "mini" else [],
-        expand(f"{R}/verl-runs/{{run}}/seed{{seed}}/eval/results.json", run=RUNS, seed=SEEDS)
-        if BACKEND == "verl"
-        else [],
+        ([f"{R}/published/grid.done"] if PUBLISH and FULL_GRID else report_files()) if BACKEND == "mini" else report_files(),
 
 
-# backend=verl: every grid run as a verl job on a GPU cluster, then its real-scale evaluation.
+# backend=verl: every grid run as a verl job on a GPU cluster, then its real-scale evaluation
+# (and the extra evaluations); collect, tables, figures and report below as for mini.
 if BACKEND == "verl":
 
     include: "workbench/backends/verl/verl.smk"
@@ -81,7 +88,7 @@ rule prepare:
         f"{R}/logs/prepare.log",
     threads: 2
     shell:
-        "{WB} prepare --scale {SCALE.world} --out {WORLD} --threads {threads} > {log} 2>&1"
+        "{STATUS} {WB} prepare --scale {SCALE.world} --out {WORLD} --threads {threads} 3>&2 > {log} 2>&1"
 
 
 rule grid_start:
@@ -108,8 +115,8 @@ rule train:
     params:
         run_dir=lambda wc: f"{R}/runs/{wc.run}/seed{wc.seed}",
     shell:
-        "{WB} train {input.config} --run-dir {params.run_dir} --world {WORLD} --scale {SCALE.name} "
-        "--seed {wildcards.seed} --grid {input.grid} --threads {threads} > {log} 2>&1"
+        "{STATUS} {WB} train {input.config} --run-dir {params.run_dir} --world {WORLD} --scale {SCALE.name} "
+        "--seed {wildcards.seed} --grid {input.grid} --threads {threads} 3>&2 > {log} 2>&1"
 
 
 rule eval_extra:
@@ -125,14 +132,14 @@ rule eval_extra:
     params:
         args=lambda wc: G.extra_eval_args(wc.extra, f"{R}/runs", wc.seed),
     shell:
-        "{WB} eval {params.args} --out {output} --world {WORLD} --scale {SCALE.name} "
-        "--seed {wildcards.seed} --grid {input.grid} --threads {threads} > {log} 2>&1"
+        "{STATUS} {WB} eval {params.args} --out {output} --world {WORLD} --scale {SCALE.name} "
+        "--seed {wildcards.seed} --grid {input.grid} --threads {threads} 3>&2 > {log} 2>&1"
 
 
 rule collect:
     input:
-        runs=expand(f"{R}/runs/{{run}}/seed{{seed}}/eval.json", run=RUNS, seed=SEEDS),
-        evals=expand(f"{R}/evals/{{extra}}/seed{{seed}}.json", extra=EXTRA, seed=SEEDS),
+        runs=expand(f"{R}/runs/{{run}}/seed{{seed}}/eval.json", run=RUNS, seed=SEEDS) if BACKEND == "mini" else VERL_EVAL_RESULTS,
+        evals=expand(f"{R}/evals/{{extra}}/seed{{seed}}.json", extra=EXTRA, seed=SEEDS) if BACKEND == "mini" else VERL_EXTRA_RESULTS,
         grid=GRID,
     output:
         runs=f"{R}/collect/runs.parquet",
@@ -192,13 +199,33 @@ rule casestudy:
         "--title 'SG-OPD, seed {SEEDS[0]}: the last step of training' > {log} 2>&1"
 
 
+def publish_copy(sources, dest):
+    """Copy files and directories into ``dest``, each through a temp sibling and a rename, so
+    that an interrupted publish leaves every item whole (old or new)."""
+    import shutil
+    from pathlib import Path
+
+    from workbench.io import atomic_dir, atomic_write_text
+
+    for src in map(Path, sources):
+        if src.is_dir():
+            with atomic_dir(Path(dest) / src.name) as tmp:
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
+        else:
+            atomic_write_text(Path(dest) / src.name, src.read_text(encoding="utf-8"))
+
+
 rule publish:
     input:
         report_files(),
     output:
         touch(f"{R}/published/grid.done"),
-    shell:
-        "mkdir -p {PUBLISH} && cp -R {REPORT}/tables {REPORT}/figures {input} {PUBLISH}/"
+    localrule: True
+    run:
+        if not (PUBLISH and FULL_GRID):
+            raise ValueError(f"publish: reports/ holds the complete default grid's report only (scale mini, "
+                             f"every run, seeds {list(SCALE.seeds)}); this one stays in {REPORT}")
+        publish_copy([f"{REPORT}/tables", f"{REPORT}/figures", *input], PUBLISH)
 
 
 # Hyper-parameter search (not part of `all`): the study is set up once, then SEARCH_WORKERS
@@ -266,5 +293,6 @@ rule publish_search:
         f"{REPORT}/search/{{space}}/summary.md",
     output:
         touch(f"{R}/published/search-{{space}}.done"),
-    shell:
-        "mkdir -p {PUBLISH}/search && cp -R {REPORT}/search/{wildcards.space} {PUBLISH}/search/"
+    localrule: True
+    run:
+        publish_copy([f"{REPORT}/search/{wildcards.space}"], f"{PUBLISH}/search")

@@ -1,7 +1,8 @@
 """The GPU checks in one prepared script: CUDA vs CPU parity of ``workbench.algo``, then benchmarks.
 
 Nothing here has run yet: the sessions so far had no GPU machine. Run it once on a CUDA
-machine (15 minutes is plenty) and commit ``benchmarks/results/gpu_check.json``:
+machine (15 minutes is plenty; in the GPU environment, ``make setup-gpu``) and commit
+``benchmarks/results/gpu_check.json``. ``make gpu-smoke`` is the verl path's own check.
 
     python benchmarks/gpu_check.py [--world results/mini/world]
 
@@ -85,9 +86,15 @@ def main() -> None:
     ap.add_argument("--world", default=None, help="prepared mini world (runs bench_mini_step on CUDA)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "gpu_check.json"))
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("gpu_check: no CUDA device")
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "host": platform.node()}
+    from workbench.backends.verl.stage import require_cuda_torch
+    from workbench.errors import UserError
+
+    try:  # a CPU torch build says so (and what to install), not just "no device"
+        require_cuda_torch("gpu_check")
+    except UserError as e:
+        sys.exit(f"error: {e}")
+    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+              "host": platform.node()}
     report["parity"] = rows = parity()
     bad = [n for n, r in rows.items() if not r["ok"]]
     print(f"parity: {len(rows) - len(bad)}/{len(rows)} ok" + (f"; mismatches: {bad}" if bad else ""))

@@ -94,7 +94,70 @@ def test_sft_family_and_stage_two_init():
                                                       phase1_end_frac=0.30, phase2_end_frac=0.35)
     assert job("seqkd").teacher_data["decoding"] == "greedy"
     stage2 = as_dict(job("timesep-1.5", seed=1))
-    assert stage2["actor_rollout_ref.model.path"] == "results/verl/runs/timesep-stage1/seed1/hf"
+    assert stage2["actor_rollout_ref.model.path"] == "results/paper/verl-runs/timesep-stage1/seed1/hf"
+    assert job("timesep-1.5", seed=1, results="/r").paths.hf == "/r/paper/verl-runs/timesep-1.5/seed1/hf"
+
+
+def test_run_paths_name_every_file_of_a_run():
+    from workbench.backends.verl.overrides import run_paths
+
+    p = run_paths("res/", "paper", "sgopd", 2)
+    assert p.run_dir == "res/paper/verl-runs/sgopd/seed2"
+    assert (p.checkpoints, p.hf, p.state, p.eval_results, p.done) == tuple(
+        f"res/paper/verl-runs/sgopd/seed2/{f}" for f in ("checkpoints", "hf", "verl_run.json", "eval/results.json", "done"))
+    j = job("sgopd", seed=2, results="res")
+    assert j.paths == p and as_dict(j)["trainer.default_local_dir"] == p.checkpoints
+    assert job("sft", seed=2, results="res").teacher_data["out"] == run_paths("res", "paper", "sft", 2).teacher_data
+    pattern = run_paths("res", "paper", "{run}", "{seed}")  # the Snakemake rules' patterns
+    assert pattern.hf.format(run="sgopd", seed=2) == p.hf
+
+
+def test_a_scale_is_named_after_its_file(tmp_path):
+    for name in scale_names():  # the name picks the results folder
+        assert load_scale(name).name == name
+    with pytest.raises(ValueError, match="differs from the file name"):
+        load_scale("paper", ["name=other"])
+
+
+def test_the_scale_owns_size_fields_and_says_so():
+    from workbench.backends.verl.overrides import SCALE_OWNED
+    from workbench.config import ConfigError, RunConfig
+
+    with pytest.raises(ConfigError, match=r"optim.lr=0.01 \(scale 'paper' sets optim.lr=1e-06.*train.steps=50 "
+                       r"\(scale 'paper' sets train.steps=200"):
+        build_job(load_config(RUNS / "sgopd.yaml", ["optim.lr=0.01", "train.steps=50"]), load_scale("paper"))
+    with pytest.raises(ConfigError, match=r"optim.lr=0.01 \(scale 'smoke' sets sft.lr=1e-05"):
+        build_job(load_config(RUNS / "sft.yaml", ["optim.lr=0.01"]), load_scale("smoke"))
+    with pytest.raises(ConfigError, match="train.eval_every=10 .verl has no such setting"):
+        build_job(load_config(RUNS / "opd.yaml", ["train.eval_every=10"]), load_scale("paper"))
+    # setting a field to its default is no conflict; the scale's value is used
+    ok = as_dict(build_job(load_config(RUNS / "sgopd.yaml", ["optim.lr=0.001"]), load_scale("paper")))
+    assert ok["actor_rollout_ref.actor.optim.lr"] == "1e-06"
+    for name in scale_names():  # no grid run sets a field the scale owns
+        for path in RUNS.glob("*.yaml"):
+            build_job(load_config(path), load_scale(name))
+    # every run-config field is either the scale's on verl or read from the run config: a new
+    # field must be placed on one side (RUN_OWNED is what build_job reads from the run config)
+    RUN_OWNED = {"name", "group", "method", "backend", "seed", "optim.eps_low", "optim.eps_high", "train.steps_frac",
+                 "train.keep_checkpoints_at", "train.init_from", "train.sources"}
+    sections = ("gate", "stability", "pts", "sft")
+
+    def leaves(model, prefix=""):
+        for k in type(model).model_fields:
+            v = getattr(model, k)
+            yield from leaves(v, f"{prefix}{k}.") if hasattr(type(v), "model_fields") else [prefix + k]
+
+    fields = set(leaves(RunConfig()))
+    assert fields - set(SCALE_OWNED) - RUN_OWNED == {f for f in fields if f.split(".")[0] in sections}
+    assert set(SCALE_OWNED) <= fields
+
+
+def test_a_run_trains_its_share_of_the_scales_steps():
+    paper = load_scale("paper")
+    assert job("sgopd").steps == paper.train.steps == 200
+    assert as_dict(job("timesep-stage1"))["trainer.total_training_steps"] == "70"  # steps_frac 0.35
+    assert as_dict(job("timesep-1.5"))["trainer.total_training_steps"] == "130"  # steps_frac 0.65
+    assert job("timesep-1.5").steps + job("timesep-stage1").steps == paper.train.steps
 
 
 def test_cli_verbs(capsys):
@@ -151,6 +214,25 @@ def test_verl_check_validates_every_grid_run():
     assert len(results) == len(list(RUNS.glob("*.yaml")))
     bad = [r.line() for r in results if not r.ok]
     assert not bad, "\n".join(bad)
+
+
+def test_verl_check_validates_the_smallest_layout():
+    """gpu-smoke: 1 student GPU, and verl's own teacher pool of 1 GPU for distillation runs."""
+    pytest.importorskip("verl")
+    from workbench.backends.verl.check import check_grid, check_job
+
+    scale = load_scale("gpu-smoke")
+    kinds = ["sgopd", "opd", "gkd", "grpo", "sft", "timesep-stage1", "timesep-1.5"]  # every kind of verl job
+    results = {r.run_id: r for r in check_grid(scale, RUNS, kinds)}
+    assert all(r.ok for r in results.values()), "\n".join(r.line() for r in results.values())
+    assert {k: results[k].gpus for k in kinds} == {"sgopd": 2, "opd": 2, "gkd": 2, "grpo": 1, "sft": 1,
+                                                  "timesep-stage1": 1, "timesep-1.5": 2}
+    assert as_dict(job("timesep-stage1", "gpu-smoke"))["trainer.total_training_steps"] == "1"
+    # the job's GPU request must be what verl's resource pools take
+    bad = build_job(load_config(RUNS / "sgopd.yaml"), load_scale("gpu-smoke", [
+        "verl_extra=[trainer.n_gpus_per_node=2]"]))
+    res = check_job(bad)
+    assert not res.ok and "resource pools take 3 GPUs but the job requests 2" in " ".join(res.errors)
 
 
 def test_verl_check_composes_the_overrides_into_verl_config():

@@ -194,3 +194,43 @@ def test_missing_reference_is_a_clear_error():
     with pytest.raises(KeyError, match="use_kl_loss"):
         run_verl(actor_config(), distillation_config(_loss_config(CASES["sgopd"])), batch)
     run_verl(actor_config(), distillation_config(_loss_config(CASES["opd"] if "opd" in CASES else CASES["gate-off-lambda-1"])), batch)
+
+
+@pytest.mark.parametrize("filter_correct", [True, False])
+def test_padding_rows_copying_an_anchor_change_nothing(filter_correct):
+    """verl pads the batch with copies of its first row (``upsample_batch_to_divisible_size``):
+    no valid tokens, reward 0, a fresh uid, and the first row's ``pts_anchor``. With row 0 an
+    anchor the copies must still be neither anchors nor students: every field and metric of
+    the real rows is what it is without them, and the copies get zero advantage and weight."""
+    from workbench.backends.verl import pts_plan
+    from workbench.backends.verl.testing import make_batch
+
+    b = make_batch(seed=7, n_rows=9, n_anchor=3)
+    order = torch.tensor([6, 0, 1, 2, 3, 4, 5, 7, 8])  # an anchor first: the row verl's padding copies
+    anchor, mask = b.anchor[order], b.mask[order]
+    lp_old, lp_t, lp_ref = b.lp_old[order], b.lp_teacher[order], b.lp_ref[order]
+    rewards = torch.tensor([1.0, 0, 1, 1, 0, 1, 0, 1, 0])
+    uids = ["a0", "p0", "p0", "p0", "p1", "p1", "p1", "a1", "a2"]
+    entropy = torch.rand(mask.shape, generator=torch.Generator().manual_seed(1))
+    cfg = {"sign_gate": True, "lambda_high": 1.5, "stability_mode": "phi", "stability_clip": 2.0,
+           "pts_filter_correct": filter_correct}
+    plan = pts_plan.StepPlan(True, 3, 0.7)
+    real_f, real_m = pts_plan.step_fields(rewards=rewards, uids=uids, anchor=anchor, mask=mask, lp_old=lp_old,
+                                          lp_teacher=lp_t, lp_ref=lp_ref, loss_cfg=cfg, plan=plan, entropy=entropy)
+
+    n_pad = 3
+
+    def padded(x, fill):
+        return torch.cat([x, torch.full((n_pad, *x.shape[1:]), fill, dtype=x.dtype)])
+
+    tags = [{}] * 9 + [{"is_padding": True}] * n_pad
+    pad_f, pad_m = pts_plan.step_fields(
+        rewards=padded(rewards, 0.0), uids=uids + ["padx"] * n_pad, anchor=torch.cat([anchor, anchor[:1].repeat(n_pad)]),
+        mask=padded(mask, False), lp_old=padded(lp_old, 0.0), lp_teacher=padded(lp_t, 0.0), lp_ref=padded(lp_ref, 0.0),
+        loss_cfg=cfg, plan=plan, padding=pts_plan.padding_rows(tags), entropy=padded(entropy, 1.0))
+    assert pad_m == real_m
+    for k, v in real_f.items():
+        torch.testing.assert_close(pad_f[k][:9], v)
+        assert not pad_f[k][9:].any(), k  # zero advantage, weight and row scale
+    assert real_m["train/pts_kept"] == (2.0 if filter_correct else 3.0)
+    assert real_m["train/entropy"] == pytest.approx(float(entropy[mask & ~anchor[:, None]].mean()))

@@ -8,7 +8,8 @@ build (actor, rollout, reference, algorithm, rollout correction, distillation wi
 teacher pool and loss, reward, data-free trainer parts), and check what verl would only
 find out on the cluster: the PTS trainer mode is registered, the loss is registered,
 MLflow is importable (verl silently drops a logger it cannot set up), TransferQueue is
-installed (verl's default v1 trainer imports it), the teacher has its own GPU pool.
+installed (verl's default v1 trainer imports it), the teacher has its own GPU pool and
+the job requests exactly the GPUs of verl's resource pools.
 Nothing is downloaded: model paths are not opened.
 """
 
@@ -84,9 +85,11 @@ def _validate_ppo(cfg, job: Job, result: RunCheck) -> None:
         loss = dist.distillation_loss
         if loss.loss_mode not in DISTILLATION_LOSS_REGISTRY:
             result.errors.append(f"distillation loss {loss.loss_mode!r} is not registered")
+        # verl 0.9.1 puts the teacher on a resource pool of its own GPUs, never the student's
+        # (trainer/ppo/v1/trainer_base.py, _init_resource_pool_mgr: "teacher_pool").
         pool = cfg.distillation.n_gpus_per_node * cfg.distillation.nnodes
-        if pool < 2:
-            result.errors.append(f"the teacher pool has {pool} GPU(s); verl serves the teacher on its own pool (2+)")
+        if pool < 1:
+            result.errors.append(f"the teacher pool has {pool} GPUs; verl serves the teacher on its own pool (1+)")
         teacher = next(iter(dist.teacher_models.values()))
         result.notes.append(f"loss={loss.loss_mode} teacher_pool={pool} (x{teacher.num_replicas} tp{teacher.inference.tensor_model_parallel_size})")
         if loss.loss_mode == "sgopd":
@@ -107,6 +110,12 @@ def _validate_ppo(cfg, job: Job, result: RunCheck) -> None:
                 result.errors.append(str(e))
         if mode == "sgopd_sync" and not reg.PTS_AVAILABLE:
             result.errors.append("the PTS trainer could not be registered (TransferQueue missing)")
+    # What verl's ResourcePoolManager asks Ray for must be what the job asks the cluster for.
+    pools = cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes
+    if cfg.distillation.enabled:
+        pools += cfg.distillation.n_gpus_per_node * cfg.distillation.nnodes
+    if pools != job.gpus:
+        result.errors.append(f"verl's resource pools take {pools} GPUs but the job requests {job.gpus}")
     if arr.actor.ppo_mini_batch_size != cfg.data.train_batch_size or arr.actor.ppo_epochs != 1:
         result.errors.append("one optimizer step per training step expects ppo_mini_batch_size == train_batch_size, 1 epoch")
     if cfg.algorithm.rollout_correction.rollout_is and not arr.rollout.calculate_log_probs:
@@ -122,6 +131,9 @@ def _validate_sft(cfg, job: Job, result: RunCheck) -> None:
         omega_conf_to_dataclass(node)
     if cfg.data.train_batch_size % (cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes):
         result.errors.append("data.train_batch_size must divide by the number of GPUs")
+    if cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes != job.gpus:  # torchrun starts job.gpus processes
+        result.errors.append(f"the SFT trainer expects {cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes} GPUs "
+                             f"but the job requests {job.gpus}")
     td = job.teacher_data or {}
     budget = "all prompts" if td.get("max_prompts") is None else f"{td['max_prompts']} prompts"
     result.notes.append(f"teacher data: {td.get('decoding')} decoding, {budget}, filter_correct={td.get('filter_correct')}")
@@ -155,13 +167,13 @@ def grid_configs(runs_dir: str | Path = "experiments/runs", runs: Iterable[str] 
 
 
 def check_grid(scale: Scale, runs_dir: str | Path = "experiments/runs", runs: Iterable[str] | None = None,
-               seed: int | None = None) -> list[RunCheck]:
+               seed: int | None = None, results: str | Path = "results") -> list[RunCheck]:
     import workbench.backends.verl.register  # noqa: F401  (the driver process's registrations)
 
     out = []
     for name, cfg in grid_configs(runs_dir, runs):
         try:
-            job = build_job(cfg, scale, seed=seed)
+            job = build_job(cfg, scale, seed=seed, results=results)
         except Exception as e:  # noqa: BLE001
             out.append(RunCheck(name, ok=False, errors=[f"{type(e).__name__}: {e}"]))
             continue

@@ -3,7 +3,8 @@
 verl logs its own names (``critic/score/mean``, ``actor/entropy``, ``timing_s/step``...)
 and prefixes everything the actor's loss returns with ``actor/``. ``canonical_metrics``
 adds the SPEC names beside them, so both backends' runs compare in MLflow; verl's own
-names stay for anyone who knows verl.
+names stay for anyone who knows verl. ``add_canonical`` is what every verl PPO-family run
+applies at each step (``trainer.WorkbenchTrainer._compute_metrics``), whatever its method.
 
 The ``sgopd`` loss reports per micro-batch fractions (averaged by verl: approximate) and
 exact integer counts and sums (``sgopd/n_*``, ``sgopd/*_sum``, added up by verl); from the
@@ -68,3 +69,14 @@ def canonical_metrics(metrics: Mapping[str, Any], *, n_gpus: int = 1) -> dict[st
     if counts["pts_tokens"]:
         out["train/pts_loss"] = (counts["pts_nll_sum"] or 0.0) / counts["pts_tokens"]
     return out
+
+
+def add_canonical(metrics: dict[str, Any], *, n_gpus: int = 1) -> dict[str, Any]:
+    """Add ``canonical_metrics(metrics)`` to ``metrics`` in place (and return it).
+
+    A canonical name the step already has keeps its value: the workbench computed it
+    itself (the PTS trainer's student-only ``train/reward_mean``, its ``train/pts_*``).
+    """
+    for k, v in canonical_metrics(metrics, n_gpus=n_gpus).items():
+        metrics.setdefault(k, v)
+    return metrics

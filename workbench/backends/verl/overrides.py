@@ -5,7 +5,14 @@ models, data, cluster, batch sizes, lengths, learning rate, steps, rollout corre
 onto verl 0.9.1's config. The run config decides *what* is trained (method, gate,
 stability weight, PTS schedule, SFT teacher data, init, prompt sources, PPO clip); the
 scale decides *how big* (everything the miniature world sizes for CPUs: batch, group
-size, learning rate, steps, lengths). Which config wins where is listed in docs/verl.md.
+size, learning rate, steps, lengths). A run config that sets a field the scale owns
+(``SCALE_OWNED``) to anything but its default is an error, not silently overridden; the
+run's ``train.steps_frac`` takes its share of the scale's ``train.steps``. Which config
+wins where is listed in docs/verl.md.
+
+Every file of a run (checkpoints, merged ``hf/``, ``verl_run.json``, evaluation, done
+marker) is named by ``run_paths(results, scale, run, seed)``, the one place the workflow's
+rules (``verl.smk``) and the verbs (``verl-launch --results``) take them from.
 
 Methods on verl:
 
@@ -34,7 +41,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from workbench.config import RunConfig
+from workbench.config import ConfigError, RunConfig
 from workbench.methods import METHODS
 
 SCALES_DIR = Path(__file__).parent / "scales"
@@ -121,6 +128,8 @@ class ScaleEval(_Model):
     max_new_tokens: int = Field(gt=0)
     tensor_parallel_size: int = Field(ge=1)
     gpus: int = Field(ge=1)
+    # benchmark -> its staged parquet (`workbench verl-stage`); empty: all four from the hub
+    benchmarks: dict[str, str] = {}
 
 
 class Scale(_Model):
@@ -159,12 +168,124 @@ def load_scale(name_or_path: str | Path, overrides: Mapping[str, Any] | list[str
     from workbench.config import _apply_overrides
 
     path = Path(name_or_path)
-    if path.suffix not in (".yaml", ".yml"):
+    named = path.suffix not in (".yaml", ".yml")
+    if named:
         path = SCALES_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             raise ValueError(f"unknown scale {str(name_or_path)!r}; valid: {', '.join(scale_names())}")
     data = yaml.safe_load(path.read_text()) or {}
-    return Scale.model_validate(_apply_overrides(data, overrides))
+    scale = Scale.model_validate(_apply_overrides(data, overrides))
+    if named and scale.name != path.stem:  # the name picks the results folder: --scale X must land in X's
+        raise ValueError(f"{path}: name {scale.name!r} differs from the file name {path.stem!r}")
+    return scale
+
+
+# -- where a run's files are -------------------------------------------------------------
+
+RUN_STATE = "verl_run.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every file of one verl run. ``run_paths`` makes it; with ``run="{run}"`` and
+    ``seed="{seed}"`` the fields are the Snakemake rules' wildcard patterns."""
+
+    results: str
+    scale: str
+    run: str
+    seed: int | str
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.results}/{self.scale}/verl-runs/{self.run}/seed{self.seed}"
+
+    @property
+    def checkpoints(self) -> str:  # trainer.default_local_dir: verl's global_step_N folders
+        return f"{self.run_dir}/checkpoints"
+
+    @property
+    def hf(self) -> str:  # the last checkpoint merged to Hugging Face format (init_from, evaluation)
+        return f"{self.run_dir}/hf"
+
+    @property
+    def state(self) -> str:  # the run's MLflow run: verl-launch writes it, realscale-eval reads it
+        return f"{self.run_dir}/{RUN_STATE}"
+
+    def hf_at(self, step: int | str) -> str:  # the checkpoint of step N merged (verl_merge_at: sgopd@90%)
+        return f"{self.run_dir}/hf-step{step}"
+
+    @property
+    def teacher_data(self) -> str:  # SFT family: the teacher's responses as verl SFT parquet
+        return f"{self.run_dir}/teacher_data.parquet"
+
+    @property
+    def eval_dir(self) -> str:
+        return f"{self.run_dir}/eval"
+
+    @property
+    def eval_results(self) -> str:  # realscale.evaluate writes <eval_dir>/results.json
+        return f"{self.eval_dir}/results.json"
+
+    @property
+    def done(self) -> str:  # touched by the workflow once training and the HF export finished
+        return f"{self.run_dir}/done"
+
+
+def run_paths(results: str | Path, scale: str, run: str, seed: int | str) -> RunPaths:
+    """The files of run ``run``, seed ``seed``, at verl scale ``scale`` under the results root."""
+    return RunPaths(str(results).rstrip("/") or "/", scale, run, seed)
+
+
+# -- run-config fields the scale owns ------------------------------------------------------
+
+#: Run-config field -> the scale key that sets it on verl (``None``: verl has no such knob).
+#: A run config's defaults size the miniature world; on verl these come from the scale, so
+#: a run config that changes one is an error instead of a value silently dropped.
+SCALE_OWNED: dict[str, str | None] = {
+    "optim.lr": "optim.lr",  # SFT family: sft.lr
+    "optim.warmup_steps": "optim.warmup_steps_ratio",
+    "optim.weight_decay": "optim.weight_decay",
+    "optim.grad_clip": "optim.grad_clip",
+    "rollout.prompts_per_step": "batch.prompts_per_step",
+    "rollout.group_size": "batch.group_size",
+    "rollout.temperature": "rollout.temperature",
+    "rollout.top_p": "rollout.top_p",
+    "rollout.max_new_tokens": "data.max_response_length",
+    "train.steps": "train.steps",
+    "train.checkpoint_every": "train.checkpoint_every",
+    "train.eval_every": None,  # verl_eval evaluates the final model only
+    "gkd.beta": None,  # verl's GKD is forward_kl_topk (scale gkd.topk): no JSD beta
+    "eval.n_samples": "eval.n_samples",
+    "eval.k": "eval.k",
+    "eval.temperature": "eval.temperature",
+    "eval.top_p": "eval.top_p",
+    "eval.max_new_tokens": "eval.max_new_tokens",
+    "eval.benchmarks": "eval.benchmarks",  # the scale's staged benchmark files
+}
+
+
+def check_scale_owned(cfg: RunConfig, scale: Scale) -> None:
+    """Raise ``ConfigError`` if ``cfg`` changes a field the verl scale owns (``SCALE_OWNED``)."""
+    default = RunConfig(method=cfg.method)
+    bad = []
+    for f, key in SCALE_OWNED.items():
+        if cfg.get(f) == default.get(f):
+            continue
+        if key is None:
+            bad.append(f"{f}={cfg.get(f)!r} (verl has no such setting)")
+            continue
+        key = "sft.lr" if key == "optim.lr" and cfg.family == "sft" else key
+        value = reduce(getattr, key.split("."), scale)
+        bad.append(f"{f}={cfg.get(f)!r} (scale {scale.name!r} sets {key}={value!r}; "
+                   f"change it with --scale-set {key}=VALUE or in the scale file)")
+    if bad:
+        raise ConfigError(f"run {cfg.name or cfg.method!r}: on verl the scale owns these fields; remove them "
+                          f"from the run config: {'; '.join(bad)}")
+
+
+def run_steps(cfg: RunConfig, scale: Scale) -> int:
+    """The run's training steps: its ``train.steps_frac`` share of the scale's ``train.steps``."""
+    return max(1, round(scale.train.steps * cfg.train.steps_frac))
 
 
 # -- the job -------------------------------------------------------------------------------
@@ -177,12 +298,17 @@ class Job:
     run_id: str
     kind: Literal["ppo", "sft"]
     overrides: list[str]
-    gpus: int
+    gpus: int  # every GPU the job takes: the student pool plus, distilling, the teacher's pool
     nodes: int
-    run_dir: str
+    paths: RunPaths
+    steps: int  # training steps (verl's total_training_steps)
     env: dict[str, str] = field(default_factory=dict)
     teacher_data: dict[str, Any] | None = None  # sft family: how to build the teacher data
     init_from: str | None = None
+
+    @property
+    def run_dir(self) -> str:
+        return self.paths.run_dir
 
     @property
     def module(self) -> str:
@@ -214,20 +340,16 @@ def _v(x: Any) -> str:
     return s if all(c.isalnum() or c in "/._-:+@" for c in s) and s else "'" + s.replace("'", "\\'") + "'"
 
 
-def run_dir(run_id: str, seed: int, root: str = "results/verl/runs") -> str:
-    return f"{root}/{run_id}/seed{seed}"
-
-
-def model_dir(run_id: str, seed: int, root: str = "results/verl/runs") -> str:
-    """Where a finished run's final student lands in Hugging Face format (``launch`` merges it)."""
-    return f"{run_dir(run_id, seed, root)}/hf"
+def keep_steps(cfg: RunConfig, scale: Scale) -> dict[float, int]:
+    """``train.keep_checkpoints_at`` fraction -> the step verl checkpoints it at (before the last)."""
+    steps = run_steps(cfg, scale)
+    return {f: round(f * steps) for f in cfg.train.keep_checkpoints_at if 0 < round(f * steps) < steps}
 
 
 def _save_freq(cfg: RunConfig, scale: Scale) -> int:
-    """Checkpoint every ``checkpoint_every`` steps, and at every ``keep_checkpoints_at`` step."""
-    steps = scale.train.steps
-    keep = [round(f * steps) for f in cfg.train.keep_checkpoints_at if 0 < round(f * steps) < steps]
-    return reduce(math.gcd, keep, min(scale.train.checkpoint_every, steps))
+    """Checkpoint every ``checkpoint_every`` steps, and at every ``keep_checkpoints_at`` step
+    (``trainer.max_actor_ckpt_to_keep=null`` keeps them all, so such a step can be merged later)."""
+    return reduce(math.gcd, keep_steps(cfg, scale).values(), min(scale.train.checkpoint_every, run_steps(cfg, scale)))
 
 
 def _train_files(cfg: RunConfig, scale: Scale) -> list[str]:
@@ -239,39 +361,42 @@ def _train_files(cfg: RunConfig, scale: Scale) -> list[str]:
     return [sources[s] for s in names]
 
 
-def _init_path(cfg: RunConfig, scale: Scale, seed: int, root: str) -> str:
+def _init_path(cfg: RunConfig, scale: Scale, paths: RunPaths) -> str:
+    """The student's starting weights: the scale's student, or ``init_from``'s exported model."""
     ref = cfg.train.init_from
     if ref is None:
         return scale.student
-    return ref if ("/" in ref or Path(ref).exists()) else model_dir(ref, seed, root)
+    return ref if ("/" in ref or Path(ref).exists()) else run_paths(paths.results, paths.scale, ref, paths.seed).hf
 
 
 def build_job(cfg: RunConfig, scale: Scale, *, seed: int | None = None, experiment: str = "sgopd-verl",
-              root: str = "results/verl/runs") -> Job:
-    """The verl job of one grid run at ``scale`` (pure: no verl import, no file access)."""
+              results: str | Path = "results") -> Job:
+    """The verl job of one grid run at ``scale``, its files under ``run_paths(results, ...)``
+    (pure: no verl import, no file access)."""
+    check_scale_owned(cfg, scale)
     method = METHODS.get(cfg.method)
     seed = cfg.seed if seed is None else seed
     run_id = cfg.name or cfg.method
-    out = run_dir(run_id, seed, root)
+    paths = run_paths(results, scale.name, run_id, seed)
     if method.family == "sft":
-        return _sft_job(cfg, scale, seed, run_id, out, experiment, root)
-    return _ppo_job(cfg, scale, seed, run_id, out, experiment, root)
+        return _sft_job(cfg, scale, seed, run_id, paths, experiment)
+    return _ppo_job(cfg, scale, seed, run_id, paths, experiment)
 
 
-def _common_trainer(scale: Scale, run_id: str, seed: int, out: str, experiment: str, steps: int) -> list[str]:
+def _common_trainer(scale: Scale, run_id: str, seed: int, paths: RunPaths, experiment: str, steps: int) -> list[str]:
     return [
         f"trainer.project_name={_v(experiment)}",
         f"trainer.experiment_name={_v(f'{run_id}-seed{seed}')}",
         "trainer.logger=[console,mlflow]",
         f"trainer.total_training_steps={steps}",
-        f"trainer.default_local_dir={_v(out + '/checkpoints')}",
+        f"trainer.default_local_dir={_v(paths.checkpoints)}",
         "trainer.resume_mode=auto",
         f"trainer.nnodes={scale.cluster.nnodes}",
         f"trainer.n_gpus_per_node={scale.cluster.gpus_per_node}",
     ]
 
 
-def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, out: str, experiment: str, root: str) -> Job:
+def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPaths, experiment: str) -> Job:
     from workbench.backends.verl.adapter import needs_reference
 
     method = METHODS.get(cfg.method)
@@ -280,7 +405,8 @@ def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, out: str, exp
     distill = method.family in ("pg", "gkd") and method.advantage != "grpo"
     use_sgopd = method.family == "pg" and method.advantage == "routed" and (cfg.method != "opd" or cfg.pts.enabled)
     use_ref = use_sgopd and needs_reference(cfg.gate.route_kwargs())
-    init = _init_path(cfg, scale, seed, root)
+    init = _init_path(cfg, scale, paths)
+    steps = run_steps(cfg, scale)
     rc = scale.rollout_correction
 
     ov = [
@@ -335,7 +461,7 @@ def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, out: str, exp
         # verifier reward: math-verify on the final answer
         f"reward.custom_reward_function.path={_v(str(REWARD_FN))}",
         "reward.custom_reward_function.name=compute_score",
-        *_common_trainer(scale, run_id, seed, out, experiment, scale.train.steps),
+        *_common_trainer(scale, run_id, seed, paths, experiment, steps),
         f"trainer.total_epochs={EPOCH_CAP}",
         f"trainer.save_freq={_save_freq(cfg, scale)}",
         "trainer.max_actor_ckpt_to_keep=null",
@@ -373,9 +499,10 @@ def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, out: str, exp
             "distillation.distillation_loss.use_policy_gradient=false",
         ]
     ov += list(scale.verl_extra)
+    # verl gives the distillation teacher a resource pool of its own GPUs (see docs/verl.md)
     gpus = scale.trainer_gpus + (scale.teacher_gpus if distill else 0)
-    return Job(run_id=run_id, kind="ppo", overrides=ov, gpus=gpus, nodes=-(-gpus // c.node_gpus),
-               run_dir=out, env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE}, init_from=cfg.train.init_from)
+    return Job(run_id=run_id, kind="ppo", overrides=ov, gpus=gpus, nodes=-(-gpus // c.node_gpus), paths=paths,
+               steps=steps, env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE}, init_from=cfg.train.init_from)
 
 
 def _sgopd_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
@@ -402,7 +529,7 @@ def _sgopd_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
     return ov
 
 
-def _sft_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, out: str, experiment: str, root: str) -> Job:
+def _sft_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPaths, experiment: str) -> Job:
     import workbench.algo as A
 
     sft = scale.sft
@@ -411,7 +538,8 @@ def _sft_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, out: str, exp
     if cfg.sft.teacher_budget == "pts":
         budget = A.pts_teacher_prompts(scale.train.steps, P, teacher_sampling_ratio=cfg.pts.teacher_sampling_ratio,
                                        phase1_end_frac=cfg.pts.phase1_end_frac, phase2_end_frac=cfg.pts.phase2_end_frac)
-    data_file = f"{out}/teacher_data.parquet"
+    data_file = paths.teacher_data
+    steps = run_steps(cfg, scale)
     teacher_data = {
         "teacher": scale.teacher,
         "train_files": _train_files(cfg, scale),
@@ -434,20 +562,20 @@ def _sft_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, out: str, exp
         f"data.micro_batch_size_per_gpu={sft.micro_batch_size_per_gpu}",
         f"data.max_length={sft.max_length}",
         "data.truncation=error",
-        f"model.path={_v(_init_path(cfg, scale, seed, root))}",
+        f"model.path={_v(_init_path(cfg, scale, paths))}",
         "model.enable_gradient_checkpointing=true",
         "model.use_remove_padding=true",
         f"optim.lr={_v(sft.lr)}",
         f"optim.weight_decay={_v(scale.optim.weight_decay)}",
         f"optim.clip_grad={_v(scale.optim.grad_clip)}",
         f"optim.lr_warmup_steps_ratio={_v(scale.optim.warmup_steps_ratio)}",
-        *_common_trainer(scale, run_id, seed, out, experiment, scale.train.steps),
+        *_common_trainer(scale, run_id, seed, paths, experiment, steps),
         f"trainer.total_epochs={EPOCH_CAP}",
         f"trainer.seed={seed}",
         f"trainer.save_freq={_save_freq(cfg, scale)}",
         *scale.verl_extra,
     ]
     # torchrun over one node's student GPUs; the teacher data is generated before, on the same GPUs.
-    return Job(run_id=run_id, kind="sft", overrides=ov, gpus=scale.cluster.gpus_per_node, nodes=1, run_dir=out,
-               env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE}, teacher_data=teacher_data,
+    return Job(run_id=run_id, kind="sft", overrides=ov, gpus=scale.cluster.gpus_per_node, nodes=1, paths=paths,
+               steps=steps, env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE}, teacher_data=teacher_data,
                init_from=cfg.train.init_from)

@@ -19,7 +19,13 @@ Per step while PTS is active (``trainer.v1.trainer_mode=sgopd_sync``):
 4. ``PTSTrainer._update_actor`` makes the whole batch, anchors included, one PPO
    mini-batch (one optimizer step): the ``sgopd`` loss adds the anchor NLL with weight
    ``alpha(step)`` in the same step, at importance ratio 1 (fresh ``old_log_probs``).
-5. ``PTSTrainer._compute_metrics`` adds the canonical metric names (``metrics``).
+5. ``PTSTrainer._compute_metrics`` hides the anchor rows from verl's rollout metrics
+   (``pts_plan.metric_tags``: the score is the student's accuracy) and, as every
+   ``WorkbenchTrainer``, adds the canonical metric names (``metrics.add_canonical``).
+
+verl's padding rows (added to make the batch divisible) copy the batch's first row,
+``pts_anchor`` included; every decision goes through ``pts_plan.row_roles``, which makes
+them neither student nor anchor rows (no group, no metric, zero loss weight).
 
 Nothing here has run on a GPU yet (docs/verl.md); the CPU tests cover ``pts_plan`` and the
 loss's anchor rows.
@@ -28,6 +34,7 @@ loss's anchor rows.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 import hydra
@@ -40,11 +47,10 @@ from verl.experimental.agent_loop.agent_loop import DictConfigWrap, ToolListWrap
 from verl.trainer.ppo.metric_utils import reduce_metrics
 from verl.trainer.ppo.v1.agent_loop_tq import AgentLoopManagerTQ, AgentLoopWorkerTQ
 from verl.trainer.ppo.v1.trainer_base import register_trainer
-from verl.trainer.ppo.v1.trainer_sync import PPOTrainerSync
 from verl.workers.utils.padding import no_padding_2_padding, response_to_nested
 
 from workbench.backends.verl import pts_plan
-from workbench.backends.verl.metrics import canonical_metrics
+from workbench.backends.verl.trainer import WorkbenchTrainer
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +128,9 @@ class PTSAgentLoopManager(AgentLoopManagerTQ):
 
 
 @register_trainer(TRAINER_MODE)
-class PTSTrainer(PPOTrainerSync):
-    """verl's sync trainer plus PTS's prompt flags, SPEC's GRPO groups, whole-batch SG-OPD
-    fields, one optimizer step per training step, and canonical metric names."""
-
-    def _build_replay_buffer(self):
-        # Behave as verl's "sync" trainer wherever verl tests the mode's name.
-        self.trainer_mode = "sync"
-        self.parameter_sync_step = 1
-        return super()._build_replay_buffer()
+class PTSTrainer(WorkbenchTrainer):
+    """The workbench's sync trainer plus PTS's prompt flags, SPEC's GRPO groups, whole-batch
+    SG-OPD fields, one optimizer step per training step, and student-only rollout metrics."""
 
     @property
     def _loss_cfg(self) -> dict:
@@ -156,6 +156,8 @@ class PTSTrainer(PPOTrainerSync):
         fields = ["uid", "prompts", "responses", "response_mask", "rm_scores", "old_log_probs", "teacher_logprobs", ANCHOR]
         if self.use_reference_policy:
             fields.append("ref_log_prob")
+        if "actor/entropy" in metrics:  # _compute_old_log_prob stored the per-token entropy
+            fields.append("entropy")
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         nested_mask = data["response_mask"]
         width = int(nested_mask.offsets().diff().max())
@@ -170,7 +172,8 @@ class PTSTrainer(PPOTrainerSync):
             rewards=rewards, uids=[str(u) for u in data["uid"]], anchor=data[ANCHOR].reshape(-1),
             mask=mask, lp_old=dense("old_log_probs"), lp_teacher=lp_teacher,
             lp_ref=dense("ref_log_prob") if self.use_reference_policy else None,
-            loss_cfg=self._loss_cfg, plan=self._plan(),
+            loss_cfg=self._loss_cfg, plan=self._plan(), padding=pts_plan.padding_rows(batch.tags),
+            entropy=dense("entropy") if "entropy" in fields else None,
         )
         out = TensorDict({
             "advantages": response_to_nested(fields_out["advantages"], nested_mask),
@@ -204,11 +207,11 @@ class PTSTrainer(PPOTrainerSync):
         return batch
 
     def _compute_metrics(self, batch, metrics, timing_raw, global_steps, epoch):
-        super()._compute_metrics(batch, metrics, timing_raw, global_steps, epoch)
-        step_pts = {k: metrics[k] for k in ("train/reward_mean", "train/pts_alpha", "train/pts_kept",
-                                            "train/pts_teacher_acc") if k in metrics}
-        metrics.update(canonical_metrics(metrics, n_gpus=self._get_n_gpus_for_throughput()))
-        metrics.update(step_pts)  # student-only reward mean, PTS counts (verl's include anchors)
+        # verl's rollout metrics skip rows tagged is_padding: tag the anchors too (a copy of
+        # the batch's tags: verl's step bookkeeping keeps the real ones).
+        anchor = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=[ANCHOR])[ANCHOR]
+        student_view = dataclasses.replace(batch, tags=pts_plan.metric_tags(batch.tags, anchor.reshape(-1)))
+        super()._compute_metrics(student_view, metrics, timing_raw, global_steps, epoch)
 
 
 __all__ = ["TRAINER_MODE", "PTSAgentLoopManager", "PTSAgentLoopWorker", "PTSTrainer", "np"]

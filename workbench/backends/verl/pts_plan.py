@@ -5,10 +5,19 @@ tensors in, tensors out, so the CPU tests cover every decision the GPU job makes
 
 verl counts steps from 1 (``global_steps``); SPEC section 6's progress is
 ``f = step / total`` with a 0-based step, so verl step ``s`` is SPEC step ``s - 1``.
+
+Three kinds of rows share a verl batch: the student's rollouts, PTS teacher-anchor rows and
+verl's padding rows (``upsample_batch_to_divisible_size`` appends copies of the batch's
+*first* row, tagged ``is_padding``, to make the batch divisible by the data-parallel size;
+the copies keep that row's fields, ``pts_anchor`` included). ``row_roles`` decides which
+is which from verl's flag and the anchor field; every decision below goes through it:
+padding rows are never anchors, never join a GRPO group or a metric, and carry zero
+loss weight; anchor rows never count in the rollout metrics (``metric_tags``).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +58,37 @@ def prompt_flags(n_prompts: int, plan: StepPlan) -> list[bool]:
     return [i < k for i in range(n_prompts)]
 
 
+def padding_rows(tags: Sequence[Mapping[str, Any]]) -> Tensor:
+    """``[B]`` bool: verl's padding rows (its per-row ``is_padding`` tag)."""
+    return torch.tensor([bool(t.get("is_padding", False)) for t in tags], dtype=torch.bool)
+
+
+def row_roles(anchor: Tensor, padding: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(student, anchor)`` ``[B]`` bool masks; padding rows are neither.
+
+    ``anchor`` is the rows' ``pts_anchor`` field as stored, which verl's padding rows copy
+    from the batch's first row: only ``padding`` tells them apart.
+    """
+    anchor = anchor.reshape(-1).to(torch.bool)
+    padding = torch.zeros_like(anchor) if padding is None else padding.reshape(-1).to(torch.bool)
+    return ~anchor & ~padding, anchor & ~padding
+
+
+def metric_tags(tags: Sequence[Mapping[str, Any]], anchor: Tensor) -> list[dict[str, Any]]:
+    """verl's row tags for its rollout metrics: anchor rows tagged ``is_padding`` too.
+
+    verl's ``_compute_metrics`` computes its rollout metrics (score = student accuracy,
+    response length, ...) over the rows not tagged ``is_padding``; tagging the teacher's
+    anchor rows the same way makes them the student's rollouts only.
+    """
+    _, anchor = row_roles(anchor, padding_rows(tags))
+    out = [copy.deepcopy(dict(t)) for t in tags]
+    for t, a in zip(out, anchor.tolist()):
+        if a:
+            t["is_padding"] = True
+    return out
+
+
 def kept_anchors(rewards: Tensor, anchor: Tensor, filter_correct: bool) -> Tensor:
     """``[B]`` bool: anchor rows whose teacher response enters the anchor loss."""
     anchor = anchor.to(torch.bool)
@@ -73,6 +113,8 @@ def step_fields(
     lp_ref: Tensor | None,
     loss_cfg: Mapping[str, Any],
     plan: StepPlan,
+    padding: Tensor | None = None,
+    entropy: Tensor | None = None,
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """The per-step fields the PTS trainer writes back before the actor update, and metrics.
 
@@ -81,11 +123,14 @@ def step_fields(
     - ``sgopd_weight`` / ``sgopd_row_scale``: ``adapter.driver_fields`` over the whole batch.
 
     Args are padded ``[B, T]`` response tensors and ``[B]`` rows; ``rewards`` the verifier's
-    score per row; ``loss_cfg`` the ``SGOPDLossConfig`` fields (gate, stability, pts).
+    score per row; ``loss_cfg`` the ``SGOPDLossConfig`` fields (gate, stability, pts);
+    ``padding`` verl's padding rows (``padding_rows``): advantage 0, row scale 0, in no
+    group, count and metric; ``entropy`` the policy's per-token entropy (verl's
+    ``actor/entropy`` averages it over anchor tokens too): ``train/entropy`` over the
+    student tokens.
     """
-    anchor = anchor.to(torch.bool)
-    m = mask.to(torch.bool)
-    student = ~anchor
+    student, anchor = row_roles(anchor, padding)
+    m = mask.to(torch.bool) & (student | anchor)[:, None]
     a_rl_rows = torch.zeros(len(uids), dtype=torch.float32)
     if bool(student.any()):
         gids = group_ids([u for u, s in zip(uids, student.tolist()) if s])
@@ -99,12 +144,15 @@ def step_fields(
         anchor=anchor, kept=kept, alpha=plan.alpha,
     )
     fields["advantages"] = a_rl
+    fields["sgopd_row_scale"] = torch.where(student | anchor, fields["sgopd_row_scale"], torch.zeros(()))
     n_anchor = int(anchor.sum())
     metrics = {
         "train/reward_mean": float(rewards[student].float().mean()) if bool(student.any()) else 0.0,
         "train/pts_alpha": plan.alpha,
         "train/pts_kept": float(kept.sum()),
     }
+    if entropy is not None and bool((m & student[:, None]).any()):
+        metrics["train/entropy"] = float(entropy.float()[m & student[:, None]].mean())
     if n_anchor:
         metrics["train/pts_teacher_acc"] = float((rewards[anchor] > 0).float().mean())
     return fields, metrics

@@ -14,14 +14,21 @@ any of them.
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from workbench.errors import UserError
+
 PROMPT_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 
 
 @dataclass(frozen=True)
@@ -59,20 +66,44 @@ def _pick(row: Mapping[str, Any], keys: Sequence[str], what: str, name: str) -> 
     raise KeyError(f"{name}: no {what} column (looked for {', '.join(keys)}; have {', '.join(row)})")
 
 
+def data_files(path: Path, split: str | None = None) -> list[Path]:
+    """The data files of a local set: ``path`` itself, or the parquet (else JSON/JSONL) files
+    anywhere under it (hidden folders skipped, so ``hf download --local-dir`` output works);
+    of several, those whose path names ``split`` when any does."""
+    if path.is_file():
+        return [path]
+    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    parquet = [p for p in found if p.suffix == ".parquet"]
+    found = parquet or found
+    if split and len(found) > 1:
+        named = [p for p in found if re.search(rf"(^|[/_.-]){re.escape(split)}([/_.-]|$)", str(p.relative_to(path)))]
+        found = named or found
+    return found
+
+
+def looks_local(source: str) -> bool:
+    """A source that can only be a local file (a hub id is ``org/name``)."""
+    return source.startswith(("/", ".", "~")) or Path(source).suffix in DATA_SUFFIXES or source.count("/") > 1
+
+
 def load_benchmark(spec: BenchmarkSpec | str, source: str | None = None, *, limit: int | None = None) -> list[EvalProblem]:
     """A benchmark's problems via ``datasets``: a local ``.parquet`` / ``.jsonl`` / ``.json``
-    file (or directory of them), or a hub id (``split`` of the spec)."""
+    file or folder of them (``data_files``), or a hub id (``split`` of the spec)."""
     from datasets import load_dataset
 
     spec = BENCHMARKS[spec] if isinstance(spec, str) else spec
     src = source or spec.source
     path = Path(src).expanduser()
     if path.exists():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".parquet", ".jsonl", ".json")) if path.is_dir() else [path]
+        files = data_files(path, spec.split)
         if not files:
-            raise FileNotFoundError(f"{spec.name}: no .parquet/.jsonl/.json file in {path}")
+            raise UserError(f"{spec.name}: no .parquet/.jsonl/.json file under {path}")
         kind = "parquet" if files[0].suffix == ".parquet" else "json"
         ds = load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    elif looks_local(src):
+        raise UserError(f"{spec.name}: {src} does not exist; stage the benchmarks with "
+                        "`workbench verl-stage --scale SCALE --from data/raw` (docs/verl.md, offline layout)")
     else:
         ds = load_dataset(src, split=spec.split)
     out = []
@@ -102,7 +133,7 @@ class Engine(Protocol):
 
 
 class VLLMEngine:
-    """vLLM offline generation (GPU; ``pip install 'sgopd-workbench[gpu]'``)."""
+    """vLLM offline generation (GPU; the environment ``make setup-gpu`` builds)."""
 
     def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
                  max_model_len: int | None = None, chat_template: bool = True, dtype: str = "bfloat16"):
@@ -110,9 +141,12 @@ class VLLMEngine:
             from vllm import LLM
         except ImportError as e:
             raise RuntimeError(
-                "the vLLM engine needs vllm, which runs on NVIDIA GPUs only: install the 'gpu' extra "
-                "(pip install 'sgopd-workbench[gpu]'), or use --engine transformers"
+                "the vLLM engine needs vllm, which runs on NVIDIA GPUs only: build the GPU environment "
+                "(make setup-gpu: the 'gpu' extra's torch and vllm pins), or use --engine transformers"
             ) from e
+        from workbench.backends.verl.stage import require_cuda_torch
+
+        require_cuda_torch("the vLLM engine")  # a CPU torch beside vllm fails deep inside vLLM otherwise
         self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                        gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
         self.tokenizer = self.llm.get_tokenizer()
@@ -176,7 +210,17 @@ class TransformersEngine:
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
+def check_model(model: str) -> None:
+    """A local model folder must hold a config.json (a hub id is left to the engine)."""
+    from workbench.backends.verl.stage import is_local_path
+
+    if is_local_path(model) and not (Path(model).expanduser() / "config.json").is_file():
+        raise UserError(f"model {model}: no config.json there (a Hugging Face model folder, e.g. a run's merged "
+                        "<run_dir>/hf, written by `workbench verl-launch`)")
+
+
 def make_engine(kind: str, model: str, **kwargs) -> Engine:
+    check_model(model)
     if kind == "vllm":
         return VLLMEngine(model, **{k: v for k, v in kwargs.items() if k in
                                     ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "chat_template")})
@@ -281,12 +325,18 @@ def to_verl_rows(problems: Sequence[EvalProblem], data_source: str, *, split: st
 
 
 def write_parquet(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path:
+    """Write ``rows`` as parquet, atomically (a reader never sees half a file)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(list(rows)), out)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        pq.write_table(pa.Table.from_pylist(list(rows)), tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -9,9 +9,10 @@ Three hooks reach this module (docs/verl.md):
   it to Ray's runtime env so that the TaskRunner and all workers inherit it);
 - the ``verl.plugins`` entry point (``pyproject.toml``): ``import verl`` loads it by default.
 
-The PTS trainer and agent loop need verl's v1 trainer, which needs the TransferQueue
-package; without it only the loss is registered (the PTS trainer mode is then unknown
-to verl, and ``workbench verl-check`` says so).
+The trainers (``workbench_sync`` for every PPO-family run, ``sgopd_sync`` for PTS runs)
+and the PTS agent loop need verl's v1 trainer, which needs the TransferQueue package;
+without it only the loss is registered (the trainer modes are then unknown to verl, and
+``workbench verl-check`` says so).
 """
 
 from __future__ import annotations
@@ -22,4 +23,5 @@ import workbench.backends.verl.loss
 
 PTS_AVAILABLE = importlib.util.find_spec("transfer_queue") is not None
 if PTS_AVAILABLE:
-    import workbench.backends.verl.pts  # noqa: F401  (registers trainer mode "sgopd_sync")
+    import workbench.backends.verl.pts  # registers trainer mode "sgopd_sync"
+    import workbench.backends.verl.trainer  # noqa: F401  (registers trainer mode "workbench_sync")

@@ -1,4 +1,4 @@
-"""verl micro-batches in the v1 trainer's format, for the parity tests and the benchmark.
+"""verl micro-batches in the v1 trainer's format (parity tests, benchmark); toy models (GPU smoke).
 
 ``make_batch`` draws a random batch and keeps both faces of it: the nested (jagged)
 ``TensorDict`` verl's ``distillation_ppo_loss`` receives (response tensors nested,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -245,3 +246,119 @@ def probe_env_registration() -> tuple[bool, bool, int]:
     except ImportError:  # no TransferQueue
         TRAINER_REGISTRY = {}
     return "sgopd" in DISTILLATION_LOSS_REGISTRY, "sgopd_sync" in TRAINER_REGISTRY, os.getpid()
+
+
+# -- toy models and data for the GPU smoke test (make gpu-smoke) ---------------------------------
+#
+# Real Qwen3 checkpoints with toy sizes and a byte-level tokenizer with a chat template, all
+# built offline. A few CPU steps teach the teacher to answer every toy problem right and the
+# student about half the time, so the smoke run sees mixed rewards (non-zero GRPO advantages),
+# a teacher that disagrees with the student, and PTS anchors that pass the verifier.
+
+IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+#: head_dim 64: a size every vLLM attention backend supports.
+TOY_SIZES = {
+    "student": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                "intermediate_size": 256},
+    "teacher": {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "intermediate_size": 512},
+}
+TOY_ANSWER = "1"
+#: what each toy model learns to answer (the student: right half the time)
+TOY_TARGETS = {"teacher": ["\\boxed{1}"], "student": ["\\boxed{1}", "\\boxed{2}"]}
+
+
+def toy_tokenizer():
+    """A byte-level BPE tokenizer with no merges (every UTF-8 text encodes), Qwen's chat
+    special tokens and a Qwen-style chat template; ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOT, IM_START, IM_END])
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=EOT, model_max_length=4096,
+                                  clean_up_tokenization_spaces=False)
+    out.chat_template = CHAT_TEMPLATE
+    return out
+
+
+def toy_problems(n: int, seed: int = 0) -> list[dict]:
+    """``n`` toy problems (``id``, ``problem``, ``answer``), every answer ``TOY_ANSWER``."""
+    rng = random.Random(f"toy:{seed}")
+    out = []
+    for i in range(n):
+        a, b = rng.randint(2, 99), rng.randint(2, 99)
+        out.append({"id": f"toy-{seed}-{i}", "problem": f"What is {a} * {b} - {a * b - 1}?", "answer": TOY_ANSWER})
+    return out
+
+
+def _toy_config(role: str, tokenizer):
+    from transformers import Qwen3Config
+
+    size = TOY_SIZES[role]
+    return Qwen3Config(vocab_size=len(tokenizer), head_dim=64, max_position_embeddings=2048,
+                       rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, tie_word_embeddings=True,
+                       layer_types=["full_attention"] * size["num_hidden_layers"], bos_token_id=None,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **size)
+
+
+def fit_toy_model(model, tokenizer, prompts: list[str], targets: list[str], *, steps: int, seed: int, lr: float = 3e-3,
+                  batch_size: int = 8) -> list[float]:
+    """A few Adam steps of next-token loss on ``chat(prompt) + target + <|im_end|>`` (response tokens only)."""
+    rng = random.Random(seed)
+    heads = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+             for p in prompts]
+    p_all = [tokenizer(h, add_special_tokens=False)["input_ids"] for h in heads]
+    r_all = [tokenizer(t + IM_END, add_special_tokens=False)["input_ids"] for t in targets]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        rows = [(rng.choice(p_all), rng.choice(r_all)) for _ in range(batch_size)]
+        width = max(len(p) + len(r) for p, r in rows)
+        ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (p, r) in enumerate(rows):
+            seq = p + r
+            ids[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(p) : len(seq)] = torch.tensor(r)
+            mask[i, : len(seq)] = 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def save_toy_model(out, role: str, *, seed: int = 0, steps: int = 60, tokenizer=None) -> dict:
+    """A toy Qwen3 ``role`` ("student" or "teacher") with its tokenizer in ``out`` (bf16
+    safetensors, as a hub snapshot); returns a summary (parameters, fit losses)."""
+    from pathlib import Path
+
+    from transformers import GenerationConfig, Qwen3ForCausalLM
+
+    tokenizer = tokenizer or toy_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + (0 if role == "student" else 1000))
+        model = Qwen3ForCausalLM(_toy_config(role, tokenizer)).float()
+        prompts = [p["problem"] + "\n" + "Please reason step by step, and put your final answer within \\boxed{}."
+                   for p in toy_problems(32, seed=seed)]
+        losses = fit_toy_model(model, tokenizer, prompts, TOY_TARGETS[role], steps=steps, seed=seed) if steps else []
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return {"path": str(out), "role": role, "parameters": n, "fit_loss_first": losses[0] if losses else None,
+            "fit_loss_last": losses[-1] if losses else None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -123,10 +124,16 @@ def test_the_assertions_catch_missing_outputs(tmp_path, monkeypatch):
 def test_make_gpu_smoke_dry_run_is_the_scripts_dry_run():
     if shutil.which("make") is None:
         pytest.skip("no make")
-    out = subprocess.run(["make", "-n", "gpu-smoke", "DRY_RUN=1"], check=False, cwd=REPO, capture_output=True, text=True).stdout
+    # Under `make test` (CI) the parent make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+
+    def make_n(*args: str) -> str:
+        return subprocess.run(["make", "-n", "--no-print-directory", "gpu-smoke", *args], check=False, cwd=REPO,
+                              capture_output=True, text=True, env=env).stdout
+
+    out = make_n("DRY_RUN=1")
     assert out.strip().splitlines()[-1] == ".venv/bin/python benchmarks/gpu_smoke.py --dry-run"
-    out = subprocess.run(["make", "-n", "gpu-smoke", "GPU_PYTHON=/gpu/python"], check=False, cwd=REPO, capture_output=True,
-                         text=True).stdout
+    out = make_n("GPU_PYTHON=/gpu/python")
     assert out.strip() == "/gpu/python benchmarks/gpu_smoke.py"
 
 

@@ -15,7 +15,7 @@ Every step goes through the workbench's own commands, as a cluster run would:
    runs ``grpo`` (1 GPU, no teacher) and says so in the report.
 6. eval: ``workbench realscale-eval`` of the merged model with vLLM, logged into the run.
 7. assertions on what was produced: the checkpoint, the merged model (loads), the
-   evaluation's results.json and samples, and the run's MLflow history (SPEC section 10
+   evaluation's results.json and samples, and the run's MLflow history (docs/algorithm.md section 10
    names, the gate's and PTS's included for sgopd).
 
 ``--dry-run`` (CPU, no vLLM): steps 1-4 run for real; step 5 prints the launch commands
@@ -53,7 +53,7 @@ GATE = ("train/conflict_frac", "train/consensus_frac", "train/neutral_frac", "tr
         "train/adv_abs_max", "train/kl_teacher")
 PTS = ("train/pts_alpha", "train/pts_kept", "train/pts_teacher_acc", "train/pts_loss")
 CORE = ("train/reward_mean", "train/grad_norm", "perf/step_seconds")
-#: SPEC section 10's train/perf names (missing ones are listed in the report, not failed)
+#: docs/algorithm.md section 10's train/perf names (missing ones are listed in the report, not failed)
 SPEC_TRAIN = ("train/reward_mean", "train/entropy", "train/response_length", *GATE[:3], "train/adv_mean",
               "train/adv_abs_max", "train/clipfrac", "train/kl_teacher", "train/loss", "train/grad_norm", *PTS,
               "perf/step_seconds", "perf/tokens_per_second")

@@ -81,7 +81,7 @@ def bench_eval(model, benches: dict, sampled_k: int = 0, seed: int = 0) -> dict:
 @torch.no_grad()
 def token_class_stats(student, teacher, pool, prompts: int, group: int, rounds: int,
                       max_new: int, seed: int) -> dict:
-    """Sign classes of (A_RL, A_OPD) on student rollouts (SPEC section 3), plus how often
+    """Sign classes of (A_RL, A_OPD) on student rollouts (docs/algorithm.md section 3), plus how often
     the teacher's greedy answer is wrong while some student rollout is right."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
     n_tok = n_both = n_conf = n_mixed = n_tw_sr = n_prob = 0

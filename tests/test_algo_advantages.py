@@ -1,4 +1,4 @@
-"""SPEC section 2: the outcome (GRPO), OPD and G-OPD advantage signals.
+"""docs/algorithm.md section 2: the outcome (GRPO), OPD and G-OPD advantage signals.
 
 Expected numbers are worked out by hand in the comments; comparisons are float64 with
 an explicit tolerance.
@@ -17,7 +17,7 @@ from workbench.algo import gopd_advantage, grpo_advantage, opd_advantage
 
 F64 = torch.float64
 TOL = {"rtol": 0.0, "atol": 1e-12}
-EPS = 1e-6  # SPEC default
+EPS = 1e-6  # docs/algorithm.md default
 
 
 def t64(values):
@@ -85,7 +85,7 @@ def test_grpo_single_rollout_group_is_zero():
 @pytest.mark.parametrize("size", [2, 3, 5, 7])
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.1, 0.3, 0.7])
 def test_grpo_all_equal_group_is_exactly_zero(value, size, dtype):
-    # SPEC 2: "A group whose rewards are all equal gives A_RL = 0 (no verifier signal)".
+    # docs/algorithm.md section 2: "A group whose rewards are all equal gives A_RL = 0 (no verifier signal)".
     # A tiny rounding residue in the group mean must not be amplified into a signal
     # (it would also flip the token classes of the gate from neutral to signed).
     rewards = torch.full((size,), value, dtype=dtype)

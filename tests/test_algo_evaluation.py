@@ -1,4 +1,4 @@
-"""SPEC section 9: avg@k, the unbiased pass@k estimator and per-benchmark scores."""
+"""docs/algorithm.md section 9: avg@k, the unbiased pass@k estimator and per-benchmark scores."""
 
 from itertools import combinations
 from math import comb

@@ -1,4 +1,4 @@
-"""SPEC section 3: the token-level sign-consistency gate (``route_advantage``)."""
+"""docs/algorithm.md section 3: the token-level sign-consistency gate (``route_advantage``)."""
 
 import math
 from dataclasses import dataclass
@@ -240,7 +240,7 @@ def test_fully_padded_rollout_with_nan_reward_signal():
 
 
 def test_equal_reward_group_routes_as_neutral():
-    # End to end with SPEC 2: a group whose rewards are all equal has no verifier signal,
+    # End to end with docs/algorithm.md section 2: a group whose rewards are all equal has no verifier signal,
     # so all its tokens are neutral and get A_{lambda_base}.
     rewards = torch.full((7,), 0.1, dtype=torch.float32)
     a_rl = grpo_advantage(rewards, torch.zeros(7, dtype=torch.long))

@@ -1,4 +1,4 @@
-"""SPEC sections 5-7: PPO-clip token loss, NLL / PTS anchor loss, generalized JSD."""
+"""docs/algorithm.md sections 5-7: PPO-clip token loss, NLL / PTS anchor loss, generalized JSD."""
 
 import itertools
 import math

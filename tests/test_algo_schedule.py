@@ -1,4 +1,4 @@
-"""SPEC section 6: the phased teacher sampling (PTS) schedule."""
+"""docs/algorithm.md section 6: the phased teacher sampling (PTS) schedule."""
 
 import itertools
 import math

@@ -1,4 +1,4 @@
-"""SPEC section 4: the detached stability weight applied after routing."""
+"""docs/algorithm.md section 4: the detached stability weight applied after routing."""
 
 import math
 

@@ -198,7 +198,7 @@ def test_pts_plan_follows_the_schedule():
 
     pts = {"enabled": True, "teacher_sampling_ratio": 0.125, "phase1_end_frac": 0.3, "phase2_end_frac": 0.35,
            "alpha0": 1.0, "alpha1": 0.1}
-    first = pts_plan.step_plan(1, 200, 64, pts)  # verl's step 1 is SPEC's step 0
+    first = pts_plan.step_plan(1, 200, 64, pts)  # verl's step 1 is docs/algorithm.md's step 0
     assert (first.active, first.n_prompts, first.alpha) == (True, 8, 1.0)
     assert pts_plan.prompt_flags(64, first).count(True) == 8
     assert not pts_plan.step_plan(71, 200, 64, pts).active  # f = 70 / 200 = 0.35

@@ -81,7 +81,7 @@ def test_verl_loss_matches_algo(name, is_weights):
 
 def test_microbatches_with_driver_fields_equal_the_whole_batch():
     """verl splits a mini-batch into micro-batches; with the driver's whole-batch weight the
-    summed micro-batch losses and gradients are the whole batch's SPEC loss."""
+    summed micro-batch losses and gradients are the whole batch's docs/algorithm.md loss."""
     from workbench.backends.verl.adapter import driver_fields
     from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, reference_loss, run_verl, split
 
@@ -108,7 +108,7 @@ def test_microbatches_with_driver_fields_equal_the_whole_batch():
 @pytest.mark.parametrize("filter_correct", [True, False])
 def test_pts_anchor_rows_add_alpha_times_the_anchor_nll_in_the_same_step(filter_correct):
     """Teacher-anchor rows in the batch: gradient = grad L_tok (student rows) + alpha grad L_PTS
-    (kept anchor rows), each with SPEC's own token mean; anchors ignore rollout-IS weights."""
+    (kept anchor rows), each with docs/algorithm.md's own token mean; anchors ignore rollout-IS weights."""
     from workbench.backends.verl import pts_plan
     from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, reference_loss, run_verl
 
@@ -129,7 +129,7 @@ def test_pts_anchor_rows_add_alpha_times_the_anchor_nll_in_the_same_step(filter_
                                     "pts_anchor": anchor.long()})
     kept = pts_plan.kept_anchors(rewards, anchor, filter_correct)
     student = ~anchor
-    # reference: SPEC's L_tok on the student rows + alpha * L_PTS on kept anchors
+    # reference: docs/algorithm.md's L_tok on the student rows + alpha * L_PTS on kept anchors
     _, ref_tok_grad, _ = reference_loss(batch, loss_cfg, rows=student)
     lp = batch.lp_new.detach().requires_grad_(True)
     pts_loss, _ = A.pts_anchor_loss(lp, batch.mask, kept)
@@ -158,7 +158,7 @@ def test_stock_k1_crashes_on_nested_rollout_is_weights_and_sgopd_does_not():
 
 def test_stock_k1_is_opd_at_ratio_one():
     """The opd run uses verl's own k1 + policy gradient: at the update's ratio 1 (one step per
-    batch) its gradient is SPEC's OPD (A_OPD = lp_T - lp_old, no weight)."""
+    batch) its gradient is docs/algorithm.md's OPD (A_OPD = lp_T - lp_old, no weight)."""
     from verl.workers.config import DistillationLossConfig
 
     from workbench.backends.verl.testing import actor_config, distillation_config, make_batch, run_verl

@@ -1,4 +1,4 @@
-"""Every verl PPO-family run logs SPEC section 10's metric names, and MLflow survives a resume (CPU).
+"""Every verl PPO-family run logs docs/algorithm.md section 10's metric names, and MLflow survives a resume (CPU).
 
 - Each grid run's job, as ``python -m workbench.backends.verl.main`` hands it to verl,
   composes to a trainer mode whose class (verl's own registry) is a ``WorkbenchTrainer``.

@@ -144,7 +144,7 @@ def test_every_grid_run_is_trained_and_evaluated_then_reported(paper):
     extra = {(j["wildcards"]["extra"], int(j["wildcards"]["seed"])): j for j in jobs if j["rule"] == "verl_eval_extra"}
     runs = {p.stem for p in RUNS.glob("*.yaml")}
     assert {r for r, _ in train} == {r for r, _ in ev} == runs
-    assert set(extra) == {(e, 0) for e in EXTRA_EVALS}  # every extra of SPEC section 8, sgopd@90% included
+    assert set(extra) == {(e, 0) for e in EXTRA_EVALS}  # every extra of docs/algorithm.md section 8, sgopd@90% included
     # collect reads every evaluation (trained runs and extras) and the grid; then tables, figures, report
     collect, grid = one(jobs, "collect"), one(jobs, "grid_start")["output"][0]
     assert sorted(collect["input"]) == sorted([*(j["output"][0] for j in [*ev.values(), *extra.values()]), grid])

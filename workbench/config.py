@@ -46,7 +46,7 @@ class _Section(BaseModel):
 
 
 class GateConfig(_Section):
-    """Token-level sign-consistency gate (SPEC section 3)."""
+    """Token-level sign-consistency gate (docs/algorithm.md section 3)."""
 
     sign_gate: StrictBool = True
     lambda_base: PosFloat = 1.25
@@ -82,7 +82,7 @@ class GateConfig(_Section):
 
 
 class StabilityConfig(_Section):
-    """Detached stability weight (SPEC section 4)."""
+    """Detached stability weight (docs/algorithm.md section 4)."""
 
     mode: str = "phi"
     clip: PosFloat = 2.0
@@ -98,7 +98,7 @@ class StabilityConfig(_Section):
 
 
 class PTSConfig(_Section):
-    """Phased teacher sampling (SPEC section 6)."""
+    """Phased teacher sampling (docs/algorithm.md section 6)."""
 
     enabled: StrictBool = True
     teacher_sampling_ratio: OpenFraction = 0.125

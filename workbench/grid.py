@@ -23,7 +23,7 @@ from workbench.registry import UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-# Evaluated, not trained (SPEC section 8): the world's two models and a checkpoint.
+# Evaluated, not trained (docs/algorithm.md section 8): the world's two models and a checkpoint.
 # File-safe name -> the label the evaluation carries (MLflow tag ``run``).
 EXTRA_EVALS = {"student-init": "student-init", "teacher": "teacher", "sgopd-at90": "sgopd@90%"}
 EXTRA_EVALS_FILES = tuple(EXTRA_EVALS)

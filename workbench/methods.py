@@ -1,4 +1,4 @@
-"""The registry of training methods (SPEC sections 7-8).
+"""The registry of training methods (docs/algorithm.md sections 7-8).
 
 A method names how the student is optimised (its ``family``) and fixes or defaults the
 config fields that define it, so that a run config lists only what differs. This module

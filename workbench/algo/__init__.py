@@ -1,4 +1,4 @@
-"""The SG-OPD math, once, as pure PyTorch functions (SPEC sections 2-7, 9).
+"""The SG-OPD math, once, as pure PyTorch functions (docs/algorithm.md sections 2-7, 9).
 
 Both backends (mini and verl) call these; no formula is written anywhere else.
 """

@@ -1,4 +1,4 @@
-"""Advantage signals of SG-OPD (SPEC section 2).
+"""Advantage signals of SG-OPD (docs/algorithm.md section 2).
 
 All functions are pure and detached: advantages are computed from the rollout-time
 student (``lp_old``) and never carry gradients.
@@ -24,7 +24,7 @@ def grpo_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Ten
 
     Returns:
         ``[B]`` float advantages. A group whose rewards are all equal gives exactly 0.
-        Deviation from verl: a single-rollout group also gives 0 (SPEC: no verifier
+        Deviation from verl: a single-rollout group also gives 0 (docs/algorithm.md: no verifier
         signal without a contrast), where verl would return ``r_i``.
     """
     rewards = rewards.detach().to(torch.float32) if not rewards.is_floating_point() else rewards.detach()

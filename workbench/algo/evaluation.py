@@ -1,4 +1,4 @@
-"""Evaluation estimators (SPEC section 9)."""
+"""Evaluation estimators (docs/algorithm.md section 9)."""
 
 from __future__ import annotations
 

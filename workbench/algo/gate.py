@@ -1,4 +1,4 @@
-"""Token-level sign-consistency gate and routed advantage (SPEC section 3).
+"""Token-level sign-consistency gate and routed advantage (docs/algorithm.md section 3).
 
 ``s[t] = sign(A_RL[i]) * sign(A_OPD[t])`` classifies every response token as
 consensus (+1), conflict (-1) or neutral (0, either signal exactly 0). Consensus tokens
@@ -66,7 +66,7 @@ def sign_classes(a_rl_BT: Tensor, a_opd_BT: Tensor, mask: Tensor) -> Tensor:
 
 @torch.no_grad()
 def gate_fractions(token_class: Tensor, mask: Tensor) -> dict[str, float]:
-    """Token-class fractions logged per step (SPEC section 3), from ``sign_classes``.
+    """Token-class fractions logged per step (docs/algorithm.md section 3), from ``sign_classes``.
 
     ``conflict_frac`` and ``consensus_frac`` are over valid tokens whose ``A_RL != 0``
     and ``A_OPD != 0`` (exactly the tokens of class +1 or -1); ``neutral_frac`` is over
@@ -103,7 +103,7 @@ def route_advantage(
     cell_beta_pos_neg: float | None = None,
     cell_beta_neg_pos: float | None = None,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
-    """Routed SG-OPD advantage ``A_hat`` (SPEC section 3; paper section 4.2, eqs. 4-8).
+    """Routed SG-OPD advantage ``A_hat`` (docs/algorithm.md section 3; paper section 4.2, eqs. 4-8).
 
     With ``A_OPD = lp_T - lp_old``, ``A_lam = lam (lp_T - lp_ref) - (lp_old - lp_ref)`` and
     ``s = sign(A_RL) sign(A_OPD)``::

@@ -1,4 +1,4 @@
-"""Losses of SG-OPD and its baselines (SPEC sections 5-7). Each returns ``(loss, metrics)``."""
+"""Losses of SG-OPD and its baselines (docs/algorithm.md sections 5-7). Each returns ``(loss, metrics)``."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def ppo_clip_loss(
     eps_low: float = 0.2,
     eps_high: float = 0.2,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO-clip token loss with token-mean aggregation (SPEC section 5; paper eq. 10).
+    """PPO-clip token loss with token-mean aggregation (docs/algorithm.md section 5; paper eq. 10).
 
     ``ratio = exp(lp_new - lp_old)``,
     ``L = -token_mean(w * min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A))``
@@ -60,7 +60,7 @@ def nll_loss(logp: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
 
 
 def pts_anchor_loss(logp: Tensor, mask: Tensor, kept: Tensor) -> tuple[Tensor, dict[str, float]]:
-    """PTS anchor loss on teacher responses (SPEC section 6; paper eq. 2).
+    """PTS anchor loss on teacher responses (docs/algorithm.md section 6; paper eq. 2).
 
     ``L_PTS = -token_mean(log pi_s(z_t | x, z_<t))`` over the tokens of the kept
     (verifier-accepted, when filtering) teacher responses ``z``. Rejected responses
@@ -84,7 +84,7 @@ def generalized_jsd_loss(
     beta: float = 0.5,
     temperature: float = 1.0,
 ) -> tuple[Tensor, dict[str, float]]:
-    """GKD's generalized Jensen-Shannon divergence on full-vocabulary logits (SPEC section 7).
+    """GKD's generalized Jensen-Shannon divergence on full-vocabulary logits (docs/algorithm.md section 7).
 
     With ``P = pi_T``, ``Q = pi_s`` and ``M = beta P + (1 - beta) Q`` per token,
     ``JSD_beta = beta KL(P || M) + (1 - beta) KL(Q || M)`` (Agarwal et al., 2024, as in

@@ -1,4 +1,4 @@
-"""Phased teacher sampling schedule (SPEC section 6; paper eq. 3)."""
+"""Phased teacher sampling schedule (docs/algorithm.md section 6; paper eq. 3)."""
 
 from __future__ import annotations
 

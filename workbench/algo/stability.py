@@ -1,4 +1,4 @@
-"""Detached stability weight applied after routing (SPEC section 4; paper eq. 9)."""
+"""Detached stability weight applied after routing (docs/algorithm.md section 4; paper eq. 9)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ list of objects with this schema::
       {
         "prompt": str,                # the prompt text
         "tokens": [str, ...],         # the response tokens as text, in order
-        "token_class": [int, ...],    # per token: +1 consensus, -1 conflict, 0 neutral (SPEC section 3)
+        "token_class": [int, ...],    # per token: +1 consensus, -1 conflict, 0 neutral (docs/algorithm.md section 3)
         "advantage": [float, ...],    # per token: the routed advantage A_hat (after the gate)
         "reward": float,              # the verifier reward of the rollout (0 or 1)
         "step": int,                  # optional: the training step it was sampled at

@@ -7,11 +7,11 @@ The MLflow layout it relies on (written by the workflow and ``workbench.tracking
 
 - one experiment per scale, ``sgopd-<scale>``;
 - a parent run per grid (tag ``workbench.kind=grid``), child runs carrying tag
-  ``mlflow.parentRunId``; training children are tagged ``run`` (a run id of SPEC section 8),
+  ``mlflow.parentRunId``; training children are tagged ``run`` (a run id of docs/algorithm.md section 8),
   ``group``, ``seed``, ``method``, ``backend``, ``config_hash``, ``git_commit``, with the
   flattened run config as params; evaluation-only children (``student-init``, ``teacher``,
   ``sgopd@90%``) carry ``workbench.kind=eval`` and the same eval metrics;
-- canonical metric names (SPEC section 10); ``eval/...`` metrics are percentages, logged at
+- canonical metric names (docs/algorithm.md section 10); ``eval/...`` metrics are percentages, logged at
   the final step, and possibly at earlier steps too (intermediate evaluations).
 
 Which runs are kept. Every run of the experiment that has a ``run`` tag and is neither

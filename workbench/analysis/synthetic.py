@@ -63,7 +63,7 @@ def make_synthetic_grid(
     paper has no number for borrow OPD's); ``eval/avg_at_k`` is exactly their mean, as the
     evaluator computes it. Training runs also get evaluations every ``eval_every`` steps
     (rising towards the final), and per-step ``train/*`` histories for steps 1..``steps``
-    (``train/conflict_frac`` flat around 0.3; PTS runs follow SPEC section 6's alpha).
+    (``train/conflict_frac`` flat around 0.3; PTS runs follow docs/algorithm.md section 6's alpha).
     """
     paper = paper or load_paper()
     rng = random.Random(rng_seed)

@@ -1,4 +1,4 @@
-"""Evaluation of a mini model: avg@k and unbiased pass@k per benchmark and AVG (SPEC section 9)."""
+"""Evaluation of a mini model: avg@k and unbiased pass@k per benchmark and AVG (docs/algorithm.md section 9)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def evaluate(
 
 
 def eval_metrics(result: dict) -> dict[str, float]:
-    """Canonical metric names (SPEC section 10) of an ``evaluate`` result, in percent."""
+    """Canonical metric names (docs/algorithm.md section 10) of an ``evaluate`` result, in percent."""
     m = {f"eval/{b}/{key}": 100 * r[key] for b, r in result["benchmarks"].items() for key in ("avg_at_k", "pass_at_k")}
     m.update({"eval/avg_at_k": 100 * result["avg_at_k"], "eval/pass_at_k": 100 * result["pass_at_k"]})
     return m

@@ -431,7 +431,7 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
         grad_norm = float(torch.nn.utils.clip_grad_norm_(student.parameters(), max_norm))
         opt.step()
 
-        # 7. Log (SPEC section 10 names) and checkpoint.
+        # 7. Log (docs/algorithm.md section 10 names) and checkpoint.
         step_seconds = time.time() - t_step
         timing["update"] = step_seconds - timing["sample"] - timing["teacher"] - timing["ref"]
         metrics.update({

@@ -15,7 +15,7 @@ Modules (see docs/verl.md):
 - ``overrides``: the Hydra override list of a grid run at a scale (pure; no verl import).
 - ``check``: composes and validates verl's full config for every grid run on CPU.
 - ``pts``: the PTS agent-loop worker and the trainer subclass (GPU-only glue, v1 trainer).
-- ``metrics``: verl metric names to the canonical names of SPEC section 10.
+- ``metrics``: verl metric names to the canonical names of docs/algorithm.md section 10.
 - ``launch``: the thin entry point a Snakemake job runs (MLflow run hand-over, Ray env).
 - ``realscale``: the evaluation engines (vLLM, transformers), datasets and math-verify grading.
 - ``cli``: the ``verl-overrides``, ``verl-check``, ``verl-launch`` and ``realscale-eval`` verbs.

@@ -12,13 +12,13 @@ SG-OPD pieces split into what is exact per token and what is a batch statistic:
   batch on the driver (``driver_fields``) and ships it as ``sgopd_weight``;
 - verl's token-mean divides by the token count of the whole (global) mini-batch. When
   PTS teacher-anchor rows share the batch, that count includes their tokens; the per-row
-  ``sgopd_row_scale`` from ``driver_fields`` restores SPEC section 6's normalisations
+  ``sgopd_row_scale`` from ``driver_fields`` restores docs/algorithm.md section 6's normalisations
   (``L_tok`` over student tokens, ``L_PTS`` over kept teacher tokens).
 
 The loss returned to verl is ``-(A_hat * w * row_scale)`` per token: verl's policy-gradient
 path (``use_policy_gradient=True``) feeds its negation to the PPO clip as the advantage.
 Because ``w >= 0`` and rollout-IS weights are ``>= 0``, ``w * min(r A, clip(r) A) =
-min(r (w A), clip(r) (w A))``: the weighted clip is exactly SPEC section 5's.
+min(r (w A), clip(r) (w A))``: the weighted clip is exactly docs/algorithm.md section 5's.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def routed_advantage(
     stability_clip: float,
     weight: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, dict[str, float]]:
-    """``(A_hat, w, token_class, metrics)`` of SPEC sections 3-4 on padded ``[B, T]`` tensors.
+    """``(A_hat, w, token_class, metrics)`` of docs/algorithm.md sections 3-4 on padded ``[B, T]`` tensors.
 
     ``weight`` is a precomputed stability weight (the whole batch's, from ``driver_fields``);
     None computes it over ``mask`` here. All outputs are detached and 0 off ``mask``.
@@ -97,10 +97,10 @@ def class_counts(metrics: Mapping[str, float], n_valid: int) -> dict[str, int]:
 
 
 def row_scales(mask: Tensor, anchor: Tensor, kept: Tensor, alpha: float) -> Tensor:
-    """Per-row factor that turns verl's token-mean over all rows into SPEC's two means.
+    """Per-row factor that turns verl's token-mean over all rows into docs/algorithm.md's two means.
 
     verl divides every token's term by ``N`` = the valid tokens of all rows (student
-    rollouts and teacher-anchor rows alike). SPEC wants ``L_tok`` over the ``N_s`` student
+    rollouts and teacher-anchor rows alike). docs/algorithm.md wants ``L_tok`` over the ``N_s`` student
     tokens and ``alpha * L_PTS`` over the ``N_k`` tokens of kept anchor rows, so student
     rows get ``N / N_s`` and kept anchor rows ``alpha * N / N_k``; rejected anchor rows 0.
 
@@ -139,7 +139,7 @@ def driver_fields(
     kept: Tensor | None = None,
     alpha: float = 0.0,
 ) -> dict[str, Tensor]:
-    """Whole-batch fields that make a micro-batched verl update equal the batch's SPEC loss.
+    """Whole-batch fields that make a micro-batched verl update equal the batch's docs/algorithm.md loss.
 
     Computed once per step on the driver over the global batch (padded ``[B, T]``):
     ``sgopd_weight`` (the stability weight over the student rows' valid tokens, 0 on anchor

@@ -27,7 +27,7 @@ Traps handled here (verl 0.9.1):
   ``SGOPDLossConfig`` defaults it to None and rejects any other value.
 - dual-clip PPO: ``compute_policy_loss_vanilla`` reads ``config.get("clip_ratio_c", 3.0)``
   from the loss config, which has no such field, so verl's distillation path always
-  dual-clips at 3. SPEC section 5 is the plain clip: ``SGOPDLossConfig.clip_ratio_c``
+  dual-clips at 3. docs/algorithm.md section 5 is the plain clip: ``SGOPDLossConfig.clip_ratio_c``
   defaults to 1e9, which never binds because verl clamps the log-ratio to +-20
   (``e**20 < 1e9``).
 """
@@ -51,7 +51,7 @@ from verl.workers.utils.padding import no_padding_2_padding
 from workbench.backends.verl import adapter
 
 LOSS_NAME = "sgopd"
-#: Never binds (verl clamps the log-ratio to +-20 and e**20 < 1e9): plain PPO clip, SPEC section 5.
+#: Never binds (verl clamps the log-ratio to +-20 and e**20 < 1e9): plain PPO clip, docs/algorithm.md section 5.
 NO_DUAL_CLIP = 1e9
 #: Metric-name prefix: the v1 trainer prefixes "actor/", ``workbench.backends.verl.metrics`` strips it.
 PREFIX = "train/"
@@ -75,7 +75,7 @@ class SGOPDLossConfig(DistillationLossConfig):
     topk: int | None = None
     clip_ratio_c: float = NO_DUAL_CLIP
 
-    # gate (SPEC section 3)
+    # gate (docs/algorithm.md section 3)
     sign_gate: bool = True
     lambda_base: float = 1.25
     lambda_high: float = 1.8
@@ -87,10 +87,10 @@ class SGOPDLossConfig(DistillationLossConfig):
     cell_lambda_neg_neg: float | None = None
     cell_beta_pos_neg: float | None = None
     cell_beta_neg_pos: float | None = None
-    # stability weight (SPEC section 4)
+    # stability weight (docs/algorithm.md section 4)
     stability_mode: str = "phi"
     stability_clip: float = 2.0
-    # phased teacher sampling (SPEC section 6), used by the PTS trainer
+    # phased teacher sampling (docs/algorithm.md section 6), used by the PTS trainer
     pts_enabled: bool = False
     pts_teacher_sampling_ratio: float = 0.125
     pts_filter_correct: bool = True

@@ -3,7 +3,7 @@ workbench registrations imported first (the driver process; Ray workers get them
 ``VERL_USE_EXTERNAL_MODULES``, which the overrides put in Ray's runtime env).
 
 Every run started here trains with a workbench trainer: ``trainer.v1.trainer_mode`` is
-``workbench_sync`` (``trainer.WorkbenchTrainer``: SPEC metric names, MLflow that survives
+``workbench_sync`` (``trainer.WorkbenchTrainer``: docs/algorithm.md metric names, MLflow that survives
 a resume) unless the overrides choose a mode (the PTS runs' ``sgopd_sync``, a subclass).
 """
 

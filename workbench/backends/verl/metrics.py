@@ -1,8 +1,8 @@
-"""verl's step metrics under the canonical names of SPEC section 10 (pure; no verl import).
+"""verl's step metrics under the canonical names of docs/algorithm.md section 10 (pure; no verl import).
 
 verl logs its own names (``critic/score/mean``, ``actor/entropy``, ``timing_s/step``...)
 and prefixes everything the actor's loss returns with ``actor/``. ``canonical_metrics``
-adds the SPEC names beside them, so both backends' runs compare in MLflow; verl's own
+adds the docs/algorithm.md names beside them, so both backends' runs compare in MLflow; verl's own
 names stay for anyone who knows verl. ``add_canonical`` is what every verl PPO-family run
 applies at each step (``trainer.WorkbenchTrainer._compute_metrics``), whatever its method.
 
@@ -39,7 +39,7 @@ def _get(m: Mapping[str, Any], *keys: str) -> float | None:
 
 
 def canonical_metrics(metrics: Mapping[str, Any], *, n_gpus: int = 1) -> dict[str, float]:
-    """The SPEC section 10 names found (or derived) in one step's verl metrics.
+    """The docs/algorithm.md section 10 names found (or derived) in one step's verl metrics.
 
     ``perf/throughput`` is verl's tokens per second per GPU; ``n_gpus`` turns it into the
     job's total (the mini backend's ``perf/tokens_per_second`` is its whole process's).

@@ -50,7 +50,7 @@ REGISTER_MODULE = "workbench.backends.verl.register"
 PTS_TRAINER_MODE = "sgopd_sync"
 PTS_AGENT_LOOP_MANAGER = "workbench.backends.verl.pts.PTSAgentLoopManager"
 REWARD_FN = Path(__file__).parent / "reward.py"
-#: SPEC section 5 is the plain PPO clip; 1e9 never binds (verl clamps the log-ratio to +-20).
+#: docs/algorithm.md section 5 is the plain PPO clip; 1e9 never binds (verl clamps the log-ratio to +-20).
 NO_DUAL_CLIP = 1e9
 #: ``trainer.total_epochs`` is only a safety cap: ``total_training_steps`` ends the run.
 EPOCH_CAP = 1000

@@ -129,7 +129,7 @@ class PTSAgentLoopManager(AgentLoopManagerTQ):
 
 @register_trainer(TRAINER_MODE)
 class PTSTrainer(WorkbenchTrainer):
-    """The workbench's sync trainer plus PTS's prompt flags, SPEC's GRPO groups, whole-batch
+    """The workbench's sync trainer plus PTS's prompt flags, docs/algorithm.md's GRPO groups, whole-batch
     SG-OPD fields, one optimizer step per training step, and student-only rollout metrics."""
 
     @property

@@ -3,8 +3,8 @@
 ``workbench.backends.verl.pts`` calls these from verl's v1 trainer; here they are plain
 tensors in, tensors out, so the CPU tests cover every decision the GPU job makes.
 
-verl counts steps from 1 (``global_steps``); SPEC section 6's progress is
-``f = step / total`` with a 0-based step, so verl step ``s`` is SPEC step ``s - 1``.
+verl counts steps from 1 (``global_steps``); docs/algorithm.md section 6's progress is
+``f = step / total`` with a 0-based step, so verl step ``s`` is docs/algorithm.md step ``s - 1``.
 
 Three kinds of rows share a verl batch: the student's rollouts, PTS teacher-anchor rows and
 verl's padding rows (``upsample_batch_to_divisible_size`` appends copies of the batch's

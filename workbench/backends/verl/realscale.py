@@ -5,7 +5,7 @@ the same schema) -> ``Engine.generate`` (``VLLMEngine`` on GPUs, the optional ``
 extra, imported lazily; ``TransformersEngine`` anywhere, which runs the mini models on
 CPU) -> ``GradingPool`` (math-verify, hard per-answer timeout) -> per-sample records
 (``samples.jsonl``) -> avg@k / pass@k by ``workbench.algo.benchmark_scores`` -> metrics
-under SPEC section 10's ``eval/...`` names.
+under docs/algorithm.md section 10's ``eval/...`` names.
 
 Hub ids are defaults, never fetched in tests; ``--source NAME=PATH_OR_HUB_ID`` replaces
 any of them.
@@ -248,7 +248,7 @@ def evaluate(
     label: str | None = None,
 ) -> dict:
     """Generate, grade and score; writes ``<out_dir>/<benchmark>.samples.jsonl`` and
-    ``<out_dir>/results.json``. Scores in [0, 1]; ``metrics`` has SPEC's names in percent."""
+    ``<out_dir>/results.json``. Scores in [0, 1]; ``metrics`` has docs/algorithm.md's names in percent."""
     import workbench.algo as A
     from workbench.algo.evaluation import mean
     from workbench.backends.verl.grading import GradingPool
@@ -290,7 +290,7 @@ def evaluate(
 
 
 def eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """SPEC section 10's ``eval/...`` names, in percent."""
+    """docs/algorithm.md section 10's ``eval/...`` names, in percent."""
     m = {f"eval/{b}/{key}": 100 * r[key] for b, r in result["benchmarks"].items() for key in ("avg_at_k", "pass_at_k")}
     m.update({"eval/avg_at_k": 100 * result["avg_at_k"], "eval/pass_at_k": 100 * result["pass_at_k"]})
     return m

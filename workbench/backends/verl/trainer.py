@@ -5,7 +5,7 @@ the PTS runs run its subclass (``pts.PTSTrainer``, mode ``sgopd_sync``).
 ``python -m workbench.backends.verl.main`` selects it unless the overrides choose a mode.
 It adds two things to verl's ``PPOTrainerSync`` and changes nothing else:
 
-1. **SPEC section 10's metric names at every step.** ``_compute_metrics`` is where verl
+1. **docs/algorithm.md section 10's metric names at every step.** ``_compute_metrics`` is where verl
    assembles the step's metrics dict, which ``fit`` then hands to every logger backend;
    adding the canonical names there (``metrics.add_canonical``) reaches MLflow, the
    console and any other backend alike. The alternatives were worse: wrapping

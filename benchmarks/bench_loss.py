@@ -29,8 +29,15 @@ def make_batch(B: int, T: int, G: int = 8, seed: int = 0):
     mask = torch.arange(T)[None, :] < lengths[:, None]
     rewards = (torch.rand(B, generator=g) < 0.4).float()
     group_ids = torch.arange(B) // G
-    return {"lp_new": lp(), "lp_old": lp(), "lp_teacher": lp(), "lp_ref": lp(), "rewards": rewards, "group_ids": group_ids,
-            "mask": mask}
+    return {
+        "lp_new": lp(),
+        "lp_old": lp(),
+        "lp_teacher": lp(),
+        "lp_ref": lp(),
+        "rewards": rewards,
+        "group_ids": group_ids,
+        "mask": mask,
+    }
 
 
 def opd_step(b) -> None:
@@ -43,8 +50,17 @@ def opd_step(b) -> None:
 def sgopd_step(b) -> None:
     lp_new = b["lp_new"].clone().requires_grad_(True)
     a_rl = A.grpo_advantage(b["rewards"], b["group_ids"])
-    adv, _, _ = A.route_advantage(a_rl, b["lp_old"], b["lp_teacher"], b["lp_ref"], b["mask"],
-                                  sign_gate=True, lambda_base=1.25, lambda_high=1.8, disagree_mode="interp")
+    adv, _, _ = A.route_advantage(
+        a_rl,
+        b["lp_old"],
+        b["lp_teacher"],
+        b["lp_ref"],
+        b["mask"],
+        sign_gate=True,
+        lambda_base=1.25,
+        lambda_high=1.8,
+        disagree_mode="interp",
+    )
     w = A.stability_weight(adv, b["lp_old"], b["mask"], mode="phi", clip=2.0)
     loss, _ = A.ppo_clip_loss(lp_new, b["lp_old"], adv, w, b["mask"])
     loss.backward()
@@ -77,6 +93,7 @@ def main() -> None:
             def run(batch):
                 fn(batch)
                 sync()
+
             return time_fn(run, b, args.repeats)
 
         # Interleave the two to share any drift of the machine's speed.
@@ -85,16 +102,21 @@ def main() -> None:
             opd += timed(opd_step)
             sg += timed(sgopd_step)
         row = {
-            "B": B, "T": T,
+            "B": B,
+            "T": T,
             "opd_ms_median": 1e3 * statistics.median(opd),
             "sgopd_ms_median": 1e3 * statistics.median(sg),
         }
         row["ratio"] = row["sgopd_ms_median"] / row["opd_ms_median"]
         rows.append(row)
-        print(f"B={B:4d} T={T:5d}  OPD {row['opd_ms_median']:8.2f} ms  SG-OPD {row['sgopd_ms_median']:8.2f} ms  ratio {row['ratio']:.2f}")
+        print(
+            f"B={B:4d} T={T:5d}  OPD {row['opd_ms_median']:8.2f} ms  SG-OPD {row['sgopd_ms_median']:8.2f} ms  ratio {row['ratio']:.2f}"
+        )
     result = {
         "benchmark": "routed SG-OPD token loss vs plain OPD, forward+backward",
-        "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()}), {args.threads} threads",
+        "device": args.device
+        if args.device != "cpu"
+        else f"cpu ({platform.processor() or platform.machine()}), {args.threads} threads",
         "torch": torch.__version__,
         "repeats": 2 * args.repeats,
         "target_ratio": 1.3,

@@ -57,8 +57,14 @@ def main() -> None:
                 cfg = cfg.with_overrides({"train.init_from": None})
             # One warm-up step + the measured ones. The short schedule keeps PTS in proportion:
             # the teacher samples in its first 35%, as in the first 35% of a full run.
-            short = cfg.with_overrides({"train.steps": args.steps + 1, "train.checkpoint_every": 10**6, "optim.warmup_steps": 0,
-                                        "train.keep_checkpoints_at": []})
+            short = cfg.with_overrides(
+                {
+                    "train.steps": args.steps + 1,
+                    "train.checkpoint_every": 10**6,
+                    "optim.warmup_steps": 0,
+                    "train.keep_checkpoints_at": [],
+                }
+            )
             run_dir = scratch / run
             with Tracker(run_dir, experiment="bench", run_name=run, tags=standard_tags(short), config=short.to_dict()) as tr:
                 t0 = time.time()
@@ -71,8 +77,12 @@ def main() -> None:
             row["steps_in_grid_run"] = cfg.train.steps
             row["wall_s_incl_load"] = wall
             rows[run] = row
-            print(f"{run:28s} step {row['step_s']:6.3f}s  " + "  ".join(f"{p} {row[p + '_s']:.3f}" for p in PHASES)
-                  + f"  tok/s {row['tokens_per_s']:8.0f}", flush=True)
+            print(
+                f"{run:28s} step {row['step_s']:6.3f}s  "
+                + "  ".join(f"{p} {row[p + '_s']:.3f}" for p in PHASES)
+                + f"  tok/s {row['tokens_per_s']:8.0f}",
+                flush=True,
+            )
         t0 = time.time()
         _evaluate(world.root / "student", world, load_config(REPO / "experiments" / "runs" / "opd.yaml"))
         eval_s = time.time() - t0

@@ -34,10 +34,19 @@ def batch(B: int = 16, T: int = 48, V: int = 32, G: int = 4, seed: int = 0) -> d
     g = torch.Generator().manual_seed(seed)
     lp = lambda: -torch.rand(B, T, generator=g) * 3
     mask = torch.arange(T)[None, :] < torch.randint(T // 4, T + 1, (B,), generator=g)[:, None]
-    return {"lp_new": lp(), "lp_old": lp(), "lp_teacher": lp(), "lp_ref": lp(), "mask": mask,
-            "rewards": (torch.rand(B, generator=g) < 0.4).float(), "group_ids": torch.arange(B) // G,
-            "s_logits": torch.randn(B, T, V, generator=g), "t_logits": torch.randn(B, T, V, generator=g),
-            "tokens": torch.randint(0, V, (B, T), generator=g), "kept": torch.rand(B, generator=g) < 0.7}
+    return {
+        "lp_new": lp(),
+        "lp_old": lp(),
+        "lp_teacher": lp(),
+        "lp_ref": lp(),
+        "mask": mask,
+        "rewards": (torch.rand(B, generator=g) < 0.4).float(),
+        "group_ids": torch.arange(B) // G,
+        "s_logits": torch.randn(B, T, V, generator=g),
+        "t_logits": torch.randn(B, T, V, generator=g),
+        "tokens": torch.randint(0, V, (B, T), generator=g),
+        "kept": torch.rand(B, generator=g) < 0.7,
+    }
 
 
 def cases(b: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -48,8 +57,9 @@ def cases(b: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, ...]]:
     out["gopd_advantage"] = (A.gopd_advantage(b["lp_old"], b["lp_teacher"], b["lp_ref"], 1.5),)
     for mode in A.FALLBACKS.names():
         for gate in (True, False):
-            adv, cls, _ = A.route_advantage(a_rl, b["lp_old"], b["lp_teacher"], b["lp_ref"], b["mask"],
-                                            sign_gate=gate, disagree_mode=mode)
+            adv, cls, _ = A.route_advantage(
+                a_rl, b["lp_old"], b["lp_teacher"], b["lp_ref"], b["mask"], sign_gate=gate, disagree_mode=mode
+            )
             for smode in A.STABILITY_WEIGHTS.names():
                 w = A.stability_weight(adv, b["lp_old"], b["mask"], mode=smode)
                 lp_new = b["lp_new"].clone().requires_grad_(True)
@@ -93,18 +103,36 @@ def main() -> None:
         require_cuda_torch("gpu_check")
     except UserError as e:
         sys.exit(f"error: {e}")
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-              "host": platform.node()}
+    report = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "host": platform.node(),
+    }
     report["parity"] = rows = parity()
     bad = [n for n, r in rows.items() if not r["ok"]]
     print(f"parity: {len(rows) - len(bad)}/{len(rows)} ok" + (f"; mismatches: {bad}" if bad else ""))
     tmp = Path(args.out).with_suffix(".bench_loss.json")
-    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_loss.py"), "--device", "cuda", "--out", str(tmp)], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench_loss.py"), "--device", "cuda", "--out", str(tmp)], check=True
+    )
     report["bench_loss"] = json.loads(tmp.read_text())
     if args.world:
         tmp2 = Path(args.out).with_suffix(".mini_step.json")
-        subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_mini_step.py"), "--world", args.world,
-                        "--runs", "opd", "sgopd", "--out", str(tmp2)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "benchmarks" / "bench_mini_step.py"),
+                "--world",
+                args.world,
+                "--runs",
+                "opd",
+                "sgopd",
+                "--out",
+                str(tmp2),
+            ],
+            check=True,
+        )
         report["mini_step"] = json.loads(tmp2.read_text())
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -49,14 +49,32 @@ BENCH = "aime24"
 #: sets of the scale -> toy problems and the raw format they are written in
 RAW_FORMATS = (".jsonl", ".parquet", ".json")
 #: what must be in the MLflow history: CORE for every run (once per step), GATE and PTS for sgopd
-GATE = ("train/conflict_frac", "train/consensus_frac", "train/neutral_frac", "train/adv_mean",
-        "train/adv_abs_max", "train/kl_teacher")
+GATE = (
+    "train/conflict_frac",
+    "train/consensus_frac",
+    "train/neutral_frac",
+    "train/adv_mean",
+    "train/adv_abs_max",
+    "train/kl_teacher",
+)
 PTS = ("train/pts_alpha", "train/pts_kept", "train/pts_teacher_acc", "train/pts_loss")
 CORE = ("train/reward_mean", "train/grad_norm", "perf/step_seconds")
 #: docs/algorithm.md section 10's train/perf names (missing ones are listed in the report, not failed)
-SPEC_TRAIN = ("train/reward_mean", "train/entropy", "train/response_length", *GATE[:3], "train/adv_mean",
-              "train/adv_abs_max", "train/clipfrac", "train/kl_teacher", "train/loss", "train/grad_norm", *PTS,
-              "perf/step_seconds", "perf/tokens_per_second")
+SPEC_TRAIN = (
+    "train/reward_mean",
+    "train/entropy",
+    "train/response_length",
+    *GATE[:3],
+    "train/adv_mean",
+    "train/adv_abs_max",
+    "train/clipfrac",
+    "train/kl_teacher",
+    "train/loss",
+    "train/grad_norm",
+    *PTS,
+    "perf/step_seconds",
+    "perf/tokens_per_second",
+)
 EVAL = (f"eval/{BENCH}/avg_at_k", f"eval/{BENCH}/pass_at_k", "eval/avg_at_k", "eval/pass_at_k")
 
 
@@ -65,8 +83,14 @@ class Smoke:
 
     def __init__(self, out: Path, dry_run: bool):
         self.out, self.dry_run = out, dry_run
-        self.report: dict = {"dry_run": dry_run, "host": platform.node(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                             "steps": [], "assertions": {}, "notes": []}
+        self.report: dict = {
+            "dry_run": dry_run,
+            "host": platform.node(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "steps": [],
+            "assertions": {},
+            "notes": [],
+        }
         self.logs = out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.t0 = time.time()
@@ -82,8 +106,9 @@ class Smoke:
         entry["seconds"] = round(time.time() - t, 2)
         self.report["steps"].append(entry)
         status = "ok  " if entry["ok"] else "FAIL"
-        print(f"[gpu-smoke] {status} {name} ({entry['seconds']:.1f} s)" + ("" if entry["ok"] else f": {entry['error']}"),
-              flush=True)
+        print(
+            f"[gpu-smoke] {status} {name} ({entry['seconds']:.1f} s)" + ("" if entry["ok"] else f": {entry['error']}"), flush=True
+        )
         if not entry["ok"]:
             raise StepFailed(name)
         return entry["result"]
@@ -131,12 +156,20 @@ def env_step(smoke: Smoke) -> dict:
     from workbench.backends.verl import stage
     from workbench.errors import UserError
 
-    info: dict = {"versions": stage.gpu_env(), "python": sys.version.split()[0],
-                  "gpu_stack_pins": stage.GPU_STACK, "flash_attn": stage.has_flash_attn()}
+    info: dict = {
+        "versions": stage.gpu_env(),
+        "python": sys.version.split()[0],
+        "gpu_stack_pins": stage.GPU_STACK,
+        "flash_attn": stage.has_flash_attn(),
+    }
     if torch.cuda.is_available():
-        info["gpus"] = [{"name": torch.cuda.get_device_name(i),
-                         "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
-                        for i in range(torch.cuda.device_count())]
+        info["gpus"] = [
+            {
+                "name": torch.cuda.get_device_name(i),
+                "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+            }
+            for i in range(torch.cuda.device_count())
+        ]
     else:
         info["gpus"] = []
     try:
@@ -146,8 +179,7 @@ def env_step(smoke: Smoke) -> dict:
         if not smoke.dry_run:
             raise
         info["cuda_torch"] = f"a real run refuses this environment: {e}"
-    off = {k: info["versions"].get(k) for k, v in stage.GPU_STACK.items()
-           if (info["versions"].get(k) or "").split("+")[0] != v}
+    off = {k: info["versions"].get(k) for k, v in stage.GPU_STACK.items() if (info["versions"].get(k) or "").split("+")[0] != v}
     if off:
         smoke.report["notes"].append(f"GPU stack off verl's tested pins {stage.GPU_STACK}: {off}")
     return info
@@ -223,12 +255,24 @@ def pick_run(requested: str, n_gpus: int, dry_run: bool) -> tuple[str, str | Non
     need = build_job(load_config(REPO / "experiments/runs/sgopd.yaml"), load_scale(SCALE)).gpus
     if dry_run or n_gpus >= need:
         return "sgopd", None
-    return "grpo", (f"sgopd needs {need} GPUs at scale {SCALE} (verl puts the teacher on a GPU pool of its own); "
-                    f"this machine has {n_gpus}: ran grpo (no teacher, no gate, no PTS) instead")
+    return "grpo", (
+        f"sgopd needs {need} GPUs at scale {SCALE} (verl puts the teacher on a GPU pool of its own); "
+        f"this machine has {n_gpus}: ran grpo (no teacher, no gate, no PTS) instead"
+    )
 
 
-def assertions(smoke: Smoke, paths, run: str, steps: int, tracking_uri: str, state_file: Path, *, trained: bool,
-               eval_dir: Path, n_samples: int) -> dict:
+def assertions(
+    smoke: Smoke,
+    paths,
+    run: str,
+    steps: int,
+    tracking_uri: str,
+    state_file: Path,
+    *,
+    trained: bool,
+    eval_dir: Path,
+    n_samples: int,
+) -> dict:
     """Check what the steps produced; ``{"name": {"ok": bool, ...}}`` (``"not run"`` entries skipped)."""
     out: dict = {}
 
@@ -305,8 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU: everything but the verl job and vLLM")
     ap.add_argument("--run", default="auto", help="grid run to train (default: sgopd, grpo on a 1-GPU machine)")
-    ap.add_argument("--out", default=str(OUT), help="raw data, logs, runs, MLflow store and report "
-                    "(default: %(default)s; the toy models and staged data go where scales/gpu-smoke.yaml says)")
+    ap.add_argument(
+        "--out",
+        default=str(OUT),
+        help="raw data, logs, runs, MLflow store and report "
+        "(default: %(default)s; the toy models and staged data go where scales/gpu-smoke.yaml says)",
+    )
     ap.add_argument("--train-timeout", type=float, default=420.0)
     ap.add_argument("--eval-timeout", type=float, default=240.0)
     args = ap.parse_args(argv)
@@ -321,8 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     ok = smoke.report["ok"]
     for name, a in smoke.report["assertions"].items():
         status = "ok  " if a.get("ok", True) and "not_run" not in a else ("--  " if "not_run" in a else "FAIL")
-        print(f"[gpu-smoke] {status} assert {name}" + (f": {a['error']}" if "error" in a else
-                                                       f" ({a['not_run']})" if "not_run" in a else ""))
+        print(
+            f"[gpu-smoke] {status} assert {name}"
+            + (f": {a['error']}" if "error" in a else f" ({a['not_run']})" if "not_run" in a else "")
+        )
     for note in smoke.report["notes"]:
         print(f"[gpu-smoke] note: {note}")
     print(f"[gpu-smoke] {'PASS' if ok else 'FAIL'} in {smoke.report['total_seconds']:.0f} s; report {path}")
@@ -342,21 +392,51 @@ def run_all(smoke: Smoke, args) -> None:
     if why:
         smoke.report["notes"].append(why)
     smoke.report["run"] = run
-    smoke.step("verl-check", lambda: smoke.cli("verl-check", ["verl-check", "--scale", SCALE, "--run", run], 300)
-               .splitlines()[-2:])
+    smoke.step(
+        "verl-check", lambda: smoke.cli("verl-check", ["verl-check", "--scale", SCALE, "--run", run], 300).splitlines()[-2:]
+    )
     results = str(smoke.out / "runs")
     job = build_job(load_config(REPO / f"experiments/runs/{run}.yaml"), scale, experiment=EXPERIMENT, results=results)
     paths = job.paths
     tracking_uri = f"sqlite:///{(smoke.out / 'mlflow.db').resolve()}"
-    launch = ["verl-launch", "--run", run, "--scale", SCALE, "--results", results, "--experiment", EXPERIMENT,
-              "--tracking-uri", tracking_uri]
+    launch = [
+        "verl-launch",
+        "--run",
+        run,
+        "--scale",
+        SCALE,
+        "--results",
+        results,
+        "--experiment",
+        EXPERIMENT,
+        "--tracking-uri",
+        tracking_uri,
+    ]
     ev = scale.eval
-    eval_args = ["--benchmark", BENCH, "--source", f"{BENCH}={ev.benchmarks[BENCH]}", "--n-samples", str(ev.n_samples),
-                 "--k", str(ev.k), "--temperature", str(ev.temperature), "--top-p", str(ev.top_p),
-                 "--max-new-tokens", str(ev.max_new_tokens), "--label", run, "--step", str(job.steps)]
+    eval_args = [
+        "--benchmark",
+        BENCH,
+        "--source",
+        f"{BENCH}={ev.benchmarks[BENCH]}",
+        "--n-samples",
+        str(ev.n_samples),
+        "--k",
+        str(ev.k),
+        "--temperature",
+        str(ev.temperature),
+        "--top-p",
+        str(ev.top_p),
+        "--max-new-tokens",
+        str(ev.max_new_tokens),
+        "--label",
+        run,
+        "--step",
+        str(job.steps),
+    ]
     if smoke.dry_run:
         smoke.report["launch_commands"] = smoke.step(
-            "train (dry run: the commands)", lambda: smoke.cli("launch", [*launch, "--dry-run"], 300).splitlines()[1:])
+            "train (dry run: the commands)", lambda: smoke.cli("launch", [*launch, "--dry-run"], 300).splitlines()[1:]
+        )
         # the evaluation and its MLflow logging run for real, on the toy student with transformers
         state_file = smoke.out / "dry-run" / "verl_run.json"
         eval_dir = smoke.out / "dry-run" / "eval"
@@ -366,14 +446,29 @@ def run_all(smoke: Smoke, args) -> None:
 
             client = MlflowClient(tracking_uri)
             exp = client.get_experiment_by_name(EXPERIMENT)
-            exp_id = exp.experiment_id if exp else client.create_experiment(
-                EXPERIMENT, artifact_location=(smoke.out / "mlartifacts").resolve().as_uri())
+            exp_id = (
+                exp.experiment_id
+                if exp
+                else client.create_experiment(EXPERIMENT, artifact_location=(smoke.out / "mlartifacts").resolve().as_uri())
+            )
             mlrun = client.create_run(exp_id, run_name=f"{run}-dry-run", tags={"dry_run": "true"})
             state_file.parent.mkdir(parents=True, exist_ok=True)
             state_file.write_text(json.dumps({"run_id": mlrun.info.run_id, "tracking_uri": tracking_uri}))
-            return smoke.cli("eval", ["realscale-eval", scale.student, "--out", str(eval_dir),
-                                      "--engine", "transformers", "--mlflow-run-file", str(state_file), *eval_args],
-                             args.eval_timeout).splitlines()[-2:]
+            return smoke.cli(
+                "eval",
+                [
+                    "realscale-eval",
+                    scale.student,
+                    "--out",
+                    str(eval_dir),
+                    "--engine",
+                    "transformers",
+                    "--mlflow-run-file",
+                    str(state_file),
+                    *eval_args,
+                ],
+                args.eval_timeout,
+            ).splitlines()[-2:]
 
         smoke.step("eval (transformers, toy student)", dry_eval)
         trained = False
@@ -381,14 +476,33 @@ def run_all(smoke: Smoke, args) -> None:
         shutil.rmtree(paths.run_dir, ignore_errors=True)  # resume_mode=auto would resume an old smoke run
         smoke.step("train", lambda: smoke.cli("train", launch, args.train_timeout).count("\n"))
         state_file, eval_dir = Path(paths.state), Path(paths.eval_dir)
-        smoke.step("eval (vLLM)", lambda: smoke.cli("eval", ["realscale-eval", paths.hf, "--out", str(eval_dir),
-                                                             "--engine", "vllm", "--max-model-len", "2048",
-                                                             "--mlflow-run-file", str(state_file), *eval_args],
-                                                    args.eval_timeout).splitlines()[-2:])
+        smoke.step(
+            "eval (vLLM)",
+            lambda: smoke.cli(
+                "eval",
+                [
+                    "realscale-eval",
+                    paths.hf,
+                    "--out",
+                    str(eval_dir),
+                    "--engine",
+                    "vllm",
+                    "--max-model-len",
+                    "2048",
+                    "--mlflow-run-file",
+                    str(state_file),
+                    *eval_args,
+                ],
+                args.eval_timeout,
+            ).splitlines()[-2:],
+        )
         trained = True
-    smoke.report["assertions"] = smoke.step("assertions", lambda: assertions(
-        smoke, paths, run, job.steps, tracking_uri, state_file, trained=trained, eval_dir=eval_dir,
-        n_samples=ev.n_samples))
+    smoke.report["assertions"] = smoke.step(
+        "assertions",
+        lambda: assertions(
+            smoke, paths, run, job.steps, tracking_uri, state_file, trained=trained, eval_dir=eval_dir, n_samples=ev.n_samples
+        ),
+    )
     failed = [k for k, a in smoke.report["assertions"].items() if not a.get("ok", True)]
     if failed:
         smoke.report["steps"][-1]["ok"] = False

@@ -32,8 +32,7 @@ from workbench.mini.task import read_jsonl, verify
 from workbench.mini.tokenizer import CODEC, PAD_ID
 
 
-def response_logprobs(model, prompts: list[list[int]], responses: list[list[int]],
-                      smooth: float = 0.0, full: bool = False):
+def response_logprobs(model, prompts: list[list[int]], responses: list[list[int]], smooth: float = 0.0, full: bool = False):
     """Log-probs of the response tokens.
 
     Returns ``(lp [B, R], mask [B, R])`` with ``R`` the longest response; sequences are
@@ -52,10 +51,10 @@ def response_logprobs(model, prompts: list[list[int]], responses: list[list[int]
     tgt = torch.full((B, R), PAD_ID, dtype=torch.long)
     mask = torch.zeros((B, R))
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, :len(p) + len(r)] = torch.as_tensor(p + r)
-        tgt_pos[i, :len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
-        tgt[i, :len(r)] = torch.as_tensor(r)
-        mask[i, :len(r)] = 1.0
+        ids[i, : len(p) + len(r)] = torch.as_tensor(p + r)
+        tgt_pos[i, : len(r)] = torch.arange(len(p) - 1, len(p) - 1 + len(r))
+        tgt[i, : len(r)] = torch.as_tensor(r)
+        mask[i, : len(r)] = 1.0
     del P
     logits = model(input_ids=ids).logits  # [B, T, V]
     logits = logits.gather(1, tgt_pos[..., None].expand(-1, -1, logits.size(-1)))  # [B, R, V]
@@ -72,15 +71,13 @@ def bench_eval(model, benches: dict, sampled_k: int = 0, seed: int = 0) -> dict:
     out = {n: evaluate_accuracy(model, ps, greedy=True)["acc"] for n, ps in benches.items()}
     out["avg"] = sum(out[n] for n in benches) / len(benches)
     if sampled_k:
-        s = {n: evaluate_accuracy(model, ps, greedy=False, k=sampled_k, seed=seed)["acc"]
-             for n, ps in benches.items()}
+        s = {n: evaluate_accuracy(model, ps, greedy=False, k=sampled_k, seed=seed)["acc"] for n, ps in benches.items()}
         out["sampled_avg"] = sum(s.values()) / len(s)
     return out
 
 
 @torch.no_grad()
-def token_class_stats(student, teacher, pool, prompts: int, group: int, rounds: int,
-                      max_new: int, seed: int) -> dict:
+def token_class_stats(student, teacher, pool, prompts: int, group: int, rounds: int, max_new: int, seed: int) -> dict:
     """Sign classes of (A_RL, A_OPD) on student rollouts (docs/algorithm.md section 3), plus how often
     the teacher's greedy answer is wrong while some student rollout is right."""
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
@@ -89,8 +86,7 @@ def token_class_stats(student, teacher, pool, prompts: int, group: int, rounds: 
         probs = rng.sample(pool, prompts)
         pr = [CODEC.encode_prompt(p.prompt) for p in probs for _ in range(group)]
         resp = generate(student, pr, max_new, temperature=1.0, generator=gen)
-        r = torch.tensor([float(verify(probs[i // group], CODEC.decode(x)))
-                          for i, x in enumerate(resp)]).view(-1, group)
+        r = torch.tensor([float(verify(probs[i // group], CODEC.decode(x))) for i, x in enumerate(resp)]).view(-1, group)
         a_rl = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1)
         lp_s, mask = response_logprobs(student, pr, resp)
         lp_t, _ = response_logprobs(teacher, pr, resp)
@@ -100,14 +96,16 @@ def token_class_stats(student, teacher, pool, prompts: int, group: int, rounds: 
         n_both += int(both.sum())
         n_conf += int((both & (torch.sign(a_rl)[:, None] * torch.sign(a_opd) < 0)).sum())
         n_mixed += int(((r.sum(1) > 0) & (r.sum(1) < group)).sum())
-        t_out = generate(teacher, [CODEC.encode_prompt(p.prompt) for p in probs], max_new,
-                         greedy=True)
-        n_tw_sr += sum(not verify(p, CODEC.decode(o)) and bool(r[i].sum() > 0)
-                       for i, (p, o) in enumerate(zip(probs, t_out)))
+        t_out = generate(teacher, [CODEC.encode_prompt(p.prompt) for p in probs], max_new, greedy=True)
+        n_tw_sr += sum(not verify(p, CODEC.decode(o)) and bool(r[i].sum() > 0) for i, (p, o) in enumerate(zip(probs, t_out)))
         n_prob += len(probs)
-    return {"both_signals_frac": n_both / n_tok, "conflict_frac": n_conf / max(1, n_both),
-            "consensus_frac": 1 - n_conf / max(1, n_both), "mixed_groups_frac": n_mixed / n_prob,
-            "teacher_wrong_student_right_frac": n_tw_sr / n_prob}
+    return {
+        "both_signals_frac": n_both / n_tok,
+        "conflict_frac": n_conf / max(1, n_both),
+        "consensus_frac": 1 - n_conf / max(1, n_both),
+        "mixed_groups_frac": n_mixed / n_prob,
+        "teacher_wrong_student_right_frac": n_tw_sr / n_prob,
+    }
 
 
 def main(argv=None) -> dict:
@@ -123,12 +121,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--sampled-k", type=int, default=4, help="T=1 samples/problem at the end")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sources", default="A,B")
-    ap.add_argument("--teacher-smooth", type=float, default=0.0,
-                    help="score with (1-e)*p_T + e/V (probe of teacher calibration)")
-    ap.add_argument("--loss", choices=("opd", "fullkl"), default="opd",
-                    help="opd: sampled-token policy gradient; fullkl: exact per-token reverse KL")
-    ap.add_argument("--token-stats", action="store_true",
-                    help="first measure gate token classes on 4 x 64 prompts x 8 rollouts")
+    ap.add_argument("--teacher-smooth", type=float, default=0.0, help="score with (1-e)*p_T + e/V (probe of teacher calibration)")
+    ap.add_argument(
+        "--loss",
+        choices=("opd", "fullkl"),
+        default="opd",
+        help="opd: sampled-token policy gradient; fullkl: exact per-token reverse KL",
+    )
+    ap.add_argument("--token-stats", action="store_true", help="first measure gate token classes on 4 x 64 prompts x 8 rollouts")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
 
@@ -183,16 +183,22 @@ def main(argv=None) -> dict:
         student.eval()
         kls.append(float((-adv).sum() / mask.sum()))
         if step % a.eval_every == 0 or step == a.steps:
-            rec = {"step": step, "seconds": round(time.time() - t0, 1),
-                   "train_reward": round(sum(rewards) / len(rewards), 4),
-                   "kl_teacher": round(sum(kls) / len(kls), 4),
-                   **bench_eval(student, benches, a.sampled_k if step == a.steps else 0, a.seed)}
+            rec = {
+                "step": step,
+                "seconds": round(time.time() - t0, 1),
+                "train_reward": round(sum(rewards) / len(rewards), 4),
+                "kl_teacher": round(sum(kls) / len(kls), 4),
+                **bench_eval(student, benches, a.sampled_k if step == a.steps else 0, a.seed),
+            }
             rewards, kls = [], []
             history.append(rec)
             print(json.dumps(rec), flush=True)
-    result = {"args": vars(a), "history": history,
-              "gain_greedy_avg": history[-1]["avg"] - history[0]["avg"],
-              "gain_sampled_avg": history[-1].get("sampled_avg", 0) - history[0]["sampled_avg"]}
+    result = {
+        "args": vars(a),
+        "history": history,
+        "gain_greedy_avg": history[-1]["avg"] - history[0]["avg"],
+        "gain_sampled_avg": history[-1].get("sampled_avg", 0) - history[0]["sampled_avg"],
+    }
     if a.out:
         Path(a.out).write_text(json.dumps(result, indent=2))
     return result

@@ -40,13 +40,33 @@ PLANTED = {
 }
 # The paper's Table 3 in its printed order (paper.txt, Appendix F), baselines first.
 PAPER_TABLE3_ORDER = [
-    "sft", "seqkd", "gkd",
-    "opd", "exopd-1.25", "exopd-1.25-single-source", "exopd-1.8", "exopd-1.25-interp-all",
-    "gate-1.8-pass", "gate-1.5", "gate-1.8-shrink", "gate-1.5-preserve",
-    "pts-30-35", "pts-50-70", "pts-40-45", "pts-60-65", "pts-60-80", "pts-50-70-ratio2", "pts-30-35-nofilter",
-    "sgopd", "sgopd-1.5", "sgopd@90%",
-    "timesep-1.5", "timesep-stage1", "timesep-1.8",
-    "probe-two-level", "probe-grpo-fallback",
+    "sft",
+    "seqkd",
+    "gkd",
+    "opd",
+    "exopd-1.25",
+    "exopd-1.25-single-source",
+    "exopd-1.8",
+    "exopd-1.25-interp-all",
+    "gate-1.8-pass",
+    "gate-1.5",
+    "gate-1.8-shrink",
+    "gate-1.5-preserve",
+    "pts-30-35",
+    "pts-50-70",
+    "pts-40-45",
+    "pts-60-65",
+    "pts-60-80",
+    "pts-50-70-ratio2",
+    "pts-30-35-nofilter",
+    "sgopd",
+    "sgopd-1.5",
+    "sgopd@90%",
+    "timesep-1.5",
+    "timesep-stage1",
+    "timesep-1.8",
+    "probe-two-level",
+    "probe-grpo-fallback",
     "grpo",
 ]
 
@@ -85,8 +105,10 @@ def paper():
 
 def _truth(grid, run, metric):
     """Per-step mean over seeds of a synthetic history, straight from the planted objects."""
-    frame = pd.DataFrame([(sr.seed, s, v) for sr in grid if sr.run == run for s, v in sr.history.get(metric, [])],
-                         columns=["seed", "step", "value"])
+    frame = pd.DataFrame(
+        [(sr.seed, s, v) for sr in grid if sr.run == run for s, v in sr.history.get(metric, [])],
+        columns=["seed", "step", "value"],
+    )
     return frame.groupby("step")["value"].mean()
 
 
@@ -131,7 +153,9 @@ def test_load_runs_layout(runs, store, tmp_path):
     assert set(runs.runs["kind"]) == {"train", "eval"}
     back = Runs.read(runs.save(tmp_path / "snap"))
     pd.testing.assert_frame_equal(back.runs, runs.runs)
-    pd.testing.assert_frame_equal(back.history.astype({"run": str, "metric": str}), runs.history.astype({"run": str, "metric": str}))
+    pd.testing.assert_frame_equal(
+        back.history.astype({"run": str, "metric": str}), runs.history.astype({"run": str, "metric": str})
+    )
 
 
 def test_load_runs_unknown_experiment(store):
@@ -228,7 +252,7 @@ def test_claims_on_planted_values(runs):
     assert parts["2c"].verdict == S.NOT_REPRODUCED  # differences -0.5, 0, -1.1: never above 0
     assert claims["2"].verdict == S.NOT_REPRODUCED
     assert parts["3a"].verdict == parts["3b"].verdict == S.REPRODUCED
-    inter = (np.subtract(PLANTED["sgopd"], PLANTED["pts-30-35"]) - np.subtract(PLANTED["gate-1.8-pass"], PLANTED["opd"]))
+    inter = np.subtract(PLANTED["sgopd"], PLANTED["pts-30-35"]) - np.subtract(PLANTED["gate-1.8-pass"], PLANTED["opd"])
     assert parts["3c"].extra["interaction_pp"].mean == pytest.approx(inter.mean())
     assert parts["3c"].verdict == S.INCONCLUSIVE and claims["3"].verdict == S.INCONCLUSIVE
     assert parts["4a"].verdict == S.REPRODUCED  # synthetic conflict fraction is flat around 0.3
@@ -345,12 +369,32 @@ def test_report_has_verdicts_numbers_figures_provenance(runs, paper, tmp_path):
     text = path.read_text()
     assert path == out / "REPRODUCTION.md"
     verdicts = dict(re.findall(r"^\| (\d[a-c]) \|.*\| \*\*([a-z ]+)\*\* \|", text, re.MULTILINE))
-    assert verdicts == {"1a": "reproduced", "1b": "reproduced", "2a": "not reproduced", "2b": "reproduced",
-                        "2c": "not reproduced", "3a": "reproduced", "3b": "reproduced", "3c": "inconclusive",
-                        "4a": "reproduced"}
-    for needle in ("29.53", "27.55", "-0.29", "at most 0.5 x the sum", "within +-0.05",
-                   "`workbench report --experiment sgopd-test`", "git commit", "CPUs", "torch", "3 per run (0, 1, 2)",
-                   "status FAILED", "Table 3", "percentile bootstrap"):
+    assert verdicts == {
+        "1a": "reproduced",
+        "1b": "reproduced",
+        "2a": "not reproduced",
+        "2b": "reproduced",
+        "2c": "not reproduced",
+        "3a": "reproduced",
+        "3b": "reproduced",
+        "3c": "inconclusive",
+        "4a": "reproduced",
+    }
+    for needle in (
+        "29.53",
+        "27.55",
+        "-0.29",
+        "at most 0.5 x the sum",
+        "within +-0.05",
+        "`workbench report --experiment sgopd-test`",
+        "git commit",
+        "CPUs",
+        "torch",
+        "3 per run (0, 1, 2)",
+        "status FAILED",
+        "Table 3",
+        "percentile bootstrap",
+    ):
         assert needle in text, needle
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert "figures/fig4_avg_bars.png" in links and len(links) == 5
@@ -386,7 +430,7 @@ def test_report_sums_the_runs_compute_time():
 
     start = pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:00:00", None], utc=True)
     end = pd.to_datetime(["2026-01-01 00:01:00", "2026-01-01 00:02:00", None], utc=True)
-    line, = _compute(pd.DataFrame({"start_time": start, "end_time": end}))
+    (line,) = _compute(pd.DataFrame({"start_time": start, "end_time": end}))
     assert line == "- Compute: 0.05 h of run time summed over 2 runs (MLflow start to end; the longest 2.0 min)"
 
 
@@ -400,8 +444,9 @@ def test_notebook_executes_headless(store, tmp_path, monkeypatch):
     monkeypatch.setenv("SGOPD_TRACKING_URI", store["uri"])
     monkeypatch.setenv("SGOPD_EXPERIMENT", EXPERIMENT)
     monkeypatch.setenv("SGOPD_FIGURES_DIR", str(tmp_path / "nbfigs"))
-    nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
-                            resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+    nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(nb_path.parent)}}
+    ).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert (tmp_path / "nbfigs" / "fig7_conflict_fraction.png").stat().st_size > 8_000
@@ -421,8 +466,14 @@ def test_casestudy_html(tmp_path):
     from workbench.analysis.casestudy import render_casestudy, write_casestudy
 
     rollouts = [
-        {"prompt": "3 + 4 * 2 = ?", "tokens": ["3", " +", " <8>", "\n", "11"], "token_class": [1, -1, 0, 1, -1],
-         "advantage": [0.5, -1.25, 0.0, 0.1, -2.0], "reward": 0.0, "step": 12},
+        {
+            "prompt": "3 + 4 * 2 = ?",
+            "tokens": ["3", " +", " <8>", "\n", "11"],
+            "token_class": [1, -1, 0, 1, -1],
+            "advantage": [0.5, -1.25, 0.0, 0.1, -2.0],
+            "reward": 0.0,
+            "step": 12,
+        },
         {"prompt": "1 + 1", "tokens": ["2"], "token_class": [1], "advantage": [0.3], "reward": 1.0},
     ]
     html_text = render_casestudy(rollouts, title="case <study>")
@@ -455,8 +506,13 @@ def test_full_three_seed_grid_renders_every_table_and_figure(tmp_path):
     tables = {p.name for p in write_tables(runs, tmp_path / "tables")}
     assert tables == {f"table{i}.{ext}" for i in (1, 2, 3) for ext in ("md", "tex", "csv")}
     figures = {p.name for p in write_figures(runs, tmp_path / "figures")}
-    stems = {"fig4_avg_bars", "fig5_training_dynamics", "fig6_benchmarks_over_training", "fig7_conflict_fraction",
-             "fig_pts_schedule"}
+    stems = {
+        "fig4_avg_bars",
+        "fig5_training_dynamics",
+        "fig6_benchmarks_over_training",
+        "fig7_conflict_fraction",
+        "fig_pts_schedule",
+    }
     assert figures == {f"{s}.{ext}" for s in stems for ext in ("png", "pdf")}
     rows = list(csv.DictReader(io.StringIO((tmp_path / "tables" / "table3.csv").read_text())))
     assert {r["n"] for r in rows} == {"3"}  # every cell pools the three seeds

@@ -46,8 +46,13 @@ class Case:
 # -- the sandbox every case runs in ---------------------------------------------------------
 
 # A stand-in world: enough for the checks that come before compute, nothing to train on.
-BASE = {"world/manifest.json": "{}\n", "run.yaml": "method: opd\n", "afile": "not a directory\n",
-        "adir": None, "grid.json": '{"experiment": "e", "parent_run_id": "0123"}\n'}
+BASE = {
+    "world/manifest.json": "{}\n",
+    "run.yaml": "method: opd\n",
+    "afile": "not a directory\n",
+    "adir": None,
+    "grid.json": '{"experiment": "e", "parent_run_id": "0123"}\n',
+}
 
 
 def _tree(root: Path) -> dict[str, tuple[bool, int, int]]:
@@ -107,23 +112,51 @@ def assert_one_error_line(rc: int, out: str, err: str, want_rc: int, says: str |
 
 # -- the mistakes ---------------------------------------------------------------------------
 
+
 def _typo(rng: random.Random, word: str) -> str:
     i = rng.randrange(len(word))
-    return rng.choice([word[:i] + word[i + 1:], word[:i] + word[i] * 2 + word[i + 1:],
-                       word[:i] + "x" + word[i + 1:], word.upper()])
+    return rng.choice(
+        [word[:i] + word[i + 1 :], word[:i] + word[i] * 2 + word[i + 1 :], word[:i] + "x" + word[i + 1 :], word.upper()]
+    )
 
 
-INT_FIELDS = ["seed", "train.steps", "train.checkpoint_every", "train.eval_every", "optim.warmup_steps",
-              "rollout.prompts_per_step", "rollout.group_size", "eval.n_samples", "eval.k"]
-FLOAT_FIELDS = ["gate.lambda_base", "gate.lambda_high", "gate.disagree_interp_beta", "stability.clip", "optim.lr",
-                "optim.weight_decay", "optim.eps_high", "pts.alpha0", "pts.alpha1", "rollout.temperature",
-                "eval.temperature", "pts.teacher_sampling_ratio", "train.steps_frac"]
+INT_FIELDS = [
+    "seed",
+    "train.steps",
+    "train.checkpoint_every",
+    "train.eval_every",
+    "optim.warmup_steps",
+    "rollout.prompts_per_step",
+    "rollout.group_size",
+    "eval.n_samples",
+    "eval.k",
+]
+FLOAT_FIELDS = [
+    "gate.lambda_base",
+    "gate.lambda_high",
+    "gate.disagree_interp_beta",
+    "stability.clip",
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.eps_high",
+    "pts.alpha0",
+    "pts.alpha1",
+    "rollout.temperature",
+    "eval.temperature",
+    "pts.teacher_sampling_ratio",
+    "train.steps_frac",
+]
 BOOL_FIELDS = ["pts.filter_correct", "sft.filter_correct"]  # free under every method
 BAD_INTS = ["true", "false", "'8'", "1.5", "2.0", "[8]", "{a: 1}", ".inf", "'eight'", "null"]
 BAD_FLOATS = ["true", "'1.5'", "[1.5]", "{a: 1}", ".inf", "-.inf", ".nan", "1e400", "-1e400", "inf", "nan", "null"]
 BAD_BOOLS = ["1", "0", "'true'", "[true]", "2.5", "null"]
-FIELDS = {"gate": ["lambda_high", "lambda_base", "disagree_mode", "sign_gate"], "optim": ["lr", "grad_clip"],
-          "train": ["steps", "checkpoint_every"], "pts": ["phase1_end_frac", "enabled"], "eval": ["n_samples", "k"]}
+FIELDS = {
+    "gate": ["lambda_high", "lambda_base", "disagree_mode", "sign_gate"],
+    "optim": ["lr", "grad_clip"],
+    "train": ["steps", "checkpoint_every"],
+    "pts": ["phase1_end_frac", "enabled"],
+    "eval": ["n_samples", "k"],
+}
 
 
 def _yaml_at(dotted: str, raw: str) -> str:
@@ -186,21 +219,38 @@ def bad_configs(rng: random.Random) -> list[tuple[str, str | bytes, str | None]]
         raw = rng.choice(BAD_BOOLS)
         out.append((f"bool-{dotted}={raw}", _yaml_at(dotted, raw), dotted))
     # The issue's own examples.
-    out += [("issue-lambda-high-inf", "gate: {lambda_high: .inf}\n", "finite"),
-            ("issue-lr-inf", "optim: {lr: .inf}\n", "finite"),
-            ("issue-lr-nan", "optim: {lr: .nan}\n", "finite"),
-            ("issue-steps-true", "train: {steps: true}\n", "train.steps"),
-            ("issue-method-sgpod", "method: sgpod\n", "sgopd")]
+    out += [
+        ("issue-lambda-high-inf", "gate: {lambda_high: .inf}\n", "finite"),
+        ("issue-lr-inf", "optim: {lr: .inf}\n", "finite"),
+        ("issue-lr-nan", "optim: {lr: .nan}\n", "finite"),
+        ("issue-steps-true", "train: {steps: true}\n", "train.steps"),
+        ("issue-method-sgpod", "method: sgpod\n", "sgopd"),
+    ]
     return out
 
 
-BAD_SETS = [("garbage", "key=value"), ("=5", "key=value"), ("gate.lambda_high", "key=value"),
-            ("gate.lambda_high=[1", "YAML"), ("gate.lambda_high=.inf", "finite"), ("gate.lambda_high=inf", "lambda_high"),
-            ("optim.lr=.nan", "finite"), ("optim.lr=-1", "optim.lr"), ("seed=true", "seed"), ("seed=-1", "seed"),
-            ("seed=1.5", "seed"), ("train.steps='3'", "train.steps"), ("gate=1", "gate"),
-            ("gate.lambda_high.x=1", "lambda_high"), ("nosuch.field=1", "unknown key"), ("method=sgpod", "method"),
-            ("gate.lamda_high=1.5", "unknown key"), ("eval.k=0", "eval.k"), ("pts.enabled=yes please", "pts.enabled"),
-            ("seed={a: 1}", "seed")]
+BAD_SETS = [
+    ("garbage", "key=value"),
+    ("=5", "key=value"),
+    ("gate.lambda_high", "key=value"),
+    ("gate.lambda_high=[1", "YAML"),
+    ("gate.lambda_high=.inf", "finite"),
+    ("gate.lambda_high=inf", "lambda_high"),
+    ("optim.lr=.nan", "finite"),
+    ("optim.lr=-1", "optim.lr"),
+    ("seed=true", "seed"),
+    ("seed=-1", "seed"),
+    ("seed=1.5", "seed"),
+    ("train.steps='3'", "train.steps"),
+    ("gate=1", "gate"),
+    ("gate.lambda_high.x=1", "lambda_high"),
+    ("nosuch.field=1", "unknown key"),
+    ("method=sgpod", "method"),
+    ("gate.lamda_high=1.5", "unknown key"),
+    ("eval.k=0", "eval.k"),
+    ("pts.enabled=yes please", "pts.enabled"),
+    ("seed={a: 1}", "seed"),
+]
 
 
 def cases() -> list[Case]:
@@ -211,162 +261,260 @@ def cases() -> list[Case]:
         f = {"bad.yaml": text}
         out.append(Case(f"check/{cid}", ["config", "check", "bad.yaml"], f, says=says))
         out.append(Case(f"train/{cid}", ["train", "bad.yaml", "--run-dir", "run", "--world", "world"], f, says=says))
-        out.append(Case(f"eval/{cid}", ["eval", "student-init", "--config", "bad.yaml", "--out", "e.json",
-                                        "--world", "world"], f, says=says))
+        out.append(
+            Case(
+                f"eval/{cid}",
+                ["eval", "student-init", "--config", "bad.yaml", "--out", "e.json", "--world", "world"],
+                f,
+                says=says,
+            )
+        )
     # 2. bad --set, on a good config.
     for raw, says in BAD_SETS:
         out.append(Case(f"check-set/{raw}", ["config", "check", RUN, "--set", raw], says=says))
         out.append(Case(f"train-set/{raw}", ["train", RUN, "--run-dir", "run", "--world", "world", "--set", raw], says=says))
-        out.append(Case(f"eval-set/{raw}", ["eval", "teacher", "--out", "e.json", "--world", "world", "--set", raw],
-                        says=says))
+        out.append(Case(f"eval-set/{raw}", ["eval", "teacher", "--out", "e.json", "--world", "world", "--set", raw], says=says))
     # 3. unknown --scale wherever one is taken.
     for name in ["nosuch", "MINI", "smoke.yaml", "../scales/mini", "", "paper "]:
         shown = name or "empty"
-        out += [Case(f"scale/train/{shown}", ["train", RUN, "--run-dir", "run", "--world", "world", "--scale", name],
-                     says="scale"),
-                Case(f"scale/eval/{shown}", ["eval", "teacher", "--out", "e.json", "--world", "world", "--scale", name],
-                     says="scale"),
-                Case(f"scale/grid-start/{shown}", ["grid-start", "--scale", name, "--out", "g.json"], says="valid: mini"),
-                Case(f"scale/search/{shown}", ["search", SPACE, "--scale", name], says="scale"),
-                Case(f"scale/search-worker/{shown}", ["search-worker", SPACE, "--scale", name], says="scale"),
-                Case(f"scale/search-report/{shown}", ["search-report", SPACE, "--scale", name], says="scale"),
-                Case(f"scale/prepare/{shown}", ["prepare", "--scale", name, "--out", "w2"], says="scale"),
-                Case(f"scale/verl-overrides/{shown}", ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS,
-                                                       "--scale", name], says="scale")]
-    out += [Case("scale/verl-launch", ["verl-launch", "--run", "sgopd", "--runs-dir", RUNS, "--scale", "nosuch",
-                                       "--dry-run"], says="valid:"),
-            Case("scale/verl-check", ["verl-check", "--scale", "nosuch", "--runs-dir", RUNS], says="valid:"),
-            Case("scale/verl-set-bad-value", ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS,
-                                              "--scale-set", "batch.prompts_per_step=-1"], says="prompts_per_step"),
-            Case("scale/verl-set-unknown", ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS,
-                                            "--scale-set", "nope.x=1"], says="nope"),
-            Case("scale/verl-set-garbage", ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS,
-                                            "--scale-set", "garbage"], says="key=value"),
-            Case("scale/train-verl-backend", ["train", RUN, "--run-dir", "run", "--world", "world", "--scale", "paper"],
-                 says="verl-launch"),
-            Case("scale/train-set-backend", ["train", RUN, "--run-dir", "run", "--world", "world", "--set",
-                                             "backend=verl"], says="verl-launch")]
+        out += [
+            Case(f"scale/train/{shown}", ["train", RUN, "--run-dir", "run", "--world", "world", "--scale", name], says="scale"),
+            Case(
+                f"scale/eval/{shown}", ["eval", "teacher", "--out", "e.json", "--world", "world", "--scale", name], says="scale"
+            ),
+            Case(f"scale/grid-start/{shown}", ["grid-start", "--scale", name, "--out", "g.json"], says="valid: mini"),
+            Case(f"scale/search/{shown}", ["search", SPACE, "--scale", name], says="scale"),
+            Case(f"scale/search-worker/{shown}", ["search-worker", SPACE, "--scale", name], says="scale"),
+            Case(f"scale/search-report/{shown}", ["search-report", SPACE, "--scale", name], says="scale"),
+            Case(f"scale/prepare/{shown}", ["prepare", "--scale", name, "--out", "w2"], says="scale"),
+            Case(
+                f"scale/verl-overrides/{shown}",
+                ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS, "--scale", name],
+                says="scale",
+            ),
+        ]
+    out += [
+        Case(
+            "scale/verl-launch",
+            ["verl-launch", "--run", "sgopd", "--runs-dir", RUNS, "--scale", "nosuch", "--dry-run"],
+            says="valid:",
+        ),
+        Case("scale/verl-check", ["verl-check", "--scale", "nosuch", "--runs-dir", RUNS], says="valid:"),
+        Case(
+            "scale/verl-set-bad-value",
+            ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS, "--scale-set", "batch.prompts_per_step=-1"],
+            says="prompts_per_step",
+        ),
+        Case(
+            "scale/verl-set-unknown",
+            ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS, "--scale-set", "nope.x=1"],
+            says="nope",
+        ),
+        Case(
+            "scale/verl-set-garbage",
+            ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS, "--scale-set", "garbage"],
+            says="key=value",
+        ),
+        Case(
+            "scale/train-verl-backend",
+            ["train", RUN, "--run-dir", "run", "--world", "world", "--scale", "paper"],
+            says="verl-launch",
+        ),
+        Case(
+            "scale/train-set-backend",
+            ["train", RUN, "--run-dir", "run", "--world", "world", "--set", "backend=verl"],
+            says="verl-launch",
+        ),
+    ]
     # 4. bad numbers on the command line.
     for bad in ["-2", "0", "abc", "1.5", "", "nan"]:
-        out += [Case(f"threads/train/{bad}", ["train", RUN, "--run-dir", "run", "--world", "world", "--threads", bad],
-                     says="--threads"),
-                Case(f"threads/eval/{bad}", ["eval", "teacher", "--out", "e.json", "--world", "world", "--threads", bad],
-                     says="--threads"),
-                Case(f"threads/prepare/{bad}", ["prepare", "--out", "w2", "--threads", bad], says="--threads"),
-                Case(f"threads/search/{bad}", ["search", SPACE, "--threads", bad], says="--threads"),
-                Case(f"trials/search/{bad}", ["search", SPACE, "--trials", bad], says="--trials"),
-                Case(f"trials/search-worker/{bad}", ["search-worker", SPACE, "--trials", bad], says="--trials"),
-                Case(f"max-trials/{bad}", ["search-worker", SPACE, "--max-trials", bad], says="--max-trials")]
+        out += [
+            Case(
+                f"threads/train/{bad}", ["train", RUN, "--run-dir", "run", "--world", "world", "--threads", bad], says="--threads"
+            ),
+            Case(
+                f"threads/eval/{bad}",
+                ["eval", "teacher", "--out", "e.json", "--world", "world", "--threads", bad],
+                says="--threads",
+            ),
+            Case(f"threads/prepare/{bad}", ["prepare", "--out", "w2", "--threads", bad], says="--threads"),
+            Case(f"threads/search/{bad}", ["search", SPACE, "--threads", bad], says="--threads"),
+            Case(f"trials/search/{bad}", ["search", SPACE, "--trials", bad], says="--trials"),
+            Case(f"trials/search-worker/{bad}", ["search-worker", SPACE, "--trials", bad], says="--trials"),
+            Case(f"max-trials/{bad}", ["search-worker", SPACE, "--max-trials", bad], says="--max-trials"),
+        ]
     for bad in ["-1", "abc", "1e3", "4294967296", "0.5"]:
-        out += [Case(f"seed/train/{bad}", ["train", RUN, "--run-dir", "run", "--world", "world", "--seed", bad],
-                     says="--seed"),
-                Case(f"seed/prepare/{bad}", ["prepare", "--out", "w2", "--seed", bad], says="--seed")]
+        out += [
+            Case(f"seed/train/{bad}", ["train", RUN, "--run-dir", "run", "--world", "world", "--seed", bad], says="--seed"),
+            Case(f"seed/prepare/{bad}", ["prepare", "--out", "w2", "--seed", bad], says="--seed"),
+        ]
     for bad in ["0", "1.5", "nan", "inf", "-0.1", "x"]:
-        out.append(Case(f"at-frac/{bad}", ["eval", "run", "--at-frac", bad, "--out", "e.json", "--world", "world"],
-                        {"run": None}, says="--at-frac"))
-    for flag, bad in [("--workers", "-1"), ("--workers", "two"), ("--heartbeat", "0"), ("--heartbeat", "nan"),
-                      ("--stale-after", "-5"), ("--poll", "inf")]:
+        out.append(
+            Case(
+                f"at-frac/{bad}",
+                ["eval", "run", "--at-frac", bad, "--out", "e.json", "--world", "world"],
+                {"run": None},
+                says="--at-frac",
+            )
+        )
+    for flag, bad in [
+        ("--workers", "-1"),
+        ("--workers", "two"),
+        ("--heartbeat", "0"),
+        ("--heartbeat", "nan"),
+        ("--stale-after", "-5"),
+        ("--poll", "inf"),
+    ]:
         out.append(Case(f"search/{flag}={bad}", ["search", SPACE, flag, bad], says=flag))
-    for flag, bad in [("--k", "0"), ("--n-samples", "x"), ("--temperature", "0"), ("--top-p", "2"),
-                      ("--grade-timeout", "-1"), ("--limit", "0"), ("--tensor-parallel-size", "0"), ("--seed", "-3")]:
+    for flag, bad in [
+        ("--k", "0"),
+        ("--n-samples", "x"),
+        ("--temperature", "0"),
+        ("--top-p", "2"),
+        ("--grade-timeout", "-1"),
+        ("--limit", "0"),
+        ("--tensor-parallel-size", "0"),
+        ("--seed", "-3"),
+    ]:
         out.append(Case(f"realscale-eval/{flag}={bad}", ["realscale-eval", "m", "--out", "o", flag, bad], says=flag))
-    out += [Case("realscale-eval/k>n", ["realscale-eval", "m", "--out", "o", "--k", "8", "--n-samples", "4"], says="--k"),
-            Case("realscale-eval/source", ["realscale-eval", "m", "--out", "o", "--source", "garbage"], says="--source"),
-            Case("realscale-eval/benchmark", ["realscale-eval", "m", "--out", "o", "--benchmark", "aime99"],
-                 says="aime99"),
-            Case("realscale-eval/run-file", ["realscale-eval", "m", "--out", "o", "--mlflow-run-file", "nope.json"],
-                 says="nope.json")]
+    out += [
+        Case("realscale-eval/k>n", ["realscale-eval", "m", "--out", "o", "--k", "8", "--n-samples", "4"], says="--k"),
+        Case("realscale-eval/source", ["realscale-eval", "m", "--out", "o", "--source", "garbage"], says="--source"),
+        Case("realscale-eval/benchmark", ["realscale-eval", "m", "--out", "o", "--benchmark", "aime99"], says="aime99"),
+        Case(
+            "realscale-eval/run-file", ["realscale-eval", "m", "--out", "o", "--mlflow-run-file", "nope.json"], says="nope.json"
+        ),
+    ]
     # 5. argparse's own mistakes: unknown verbs, options and choices, missing arguments.
-    out += [Case("argparse/no-verb", []), Case("argparse/unknown-verb", ["trian"], says="invalid choice"),
-            Case("argparse/unknown-option", ["config", "check", RUN, "--bogus"], says="--bogus"),
-            Case("argparse/train-no-run-dir", ["train", RUN], says="--run-dir"),
-            Case("argparse/eval-no-out", ["eval", "teacher"], says="--out"),
-            Case("argparse/grid-start-no-scale", ["grid-start", "--out", "g.json"], says="--scale"),
-            Case("argparse/list-kind", ["list", "nosuch"], says="invalid choice"),
-            Case("argparse/defaults-method", ["config", "defaults", "--method", "sgpod"], says="invalid choice"),
-            Case("argparse/config-no-action", ["config"], says="ACTION"),
-            Case("argparse/tables-no-collected", ["tables", "--out-dir", "t"], says="--collected"),
-            Case("argparse/search-no-space", ["search"], says="space")]
+    out += [
+        Case("argparse/no-verb", []),
+        Case("argparse/unknown-verb", ["trian"], says="invalid choice"),
+        Case("argparse/unknown-option", ["config", "check", RUN, "--bogus"], says="--bogus"),
+        Case("argparse/train-no-run-dir", ["train", RUN], says="--run-dir"),
+        Case("argparse/eval-no-out", ["eval", "teacher"], says="--out"),
+        Case("argparse/grid-start-no-scale", ["grid-start", "--out", "g.json"], says="--scale"),
+        Case("argparse/list-kind", ["list", "nosuch"], says="invalid choice"),
+        Case("argparse/defaults-method", ["config", "defaults", "--method", "sgpod"], says="invalid choice"),
+        Case("argparse/config-no-action", ["config"], says="ACTION"),
+        Case("argparse/tables-no-collected", ["tables", "--out-dir", "t"], says="--collected"),
+        Case("argparse/search-no-space", ["search"], says="space"),
+    ]
     # 6. missing or wrong inputs, for every verb that reads one.
-    out += [Case("missing/check", ["config", "check", "nope.yaml"], says="nope.yaml"),
-            Case("missing/check-dir", ["config", "check", "adir"], says="directory"),
-            Case("missing/train-config", ["train", "nope.yaml", "--run-dir", "run", "--world", "world"], says="nope.yaml"),
-            Case("missing/train-world", ["train", "run.yaml", "--run-dir", "run", "--world", "noworld"], says="noworld"),
-            Case("missing/train-default-world", ["train", "run.yaml", "--run-dir", "run"], says="prepare"),
-            Case("missing/train-grid", ["train", "run.yaml", "--run-dir", "run", "--world", "world", "--grid", "no.json"],
-                 says="no.json"),
-            Case("missing/train-grid-not-json", ["train", "run.yaml", "--run-dir", "run", "--world", "world",
-                                                 "--grid", "run.yaml"], says="grid"),
-            Case("missing/eval-model", ["eval", "nomodel", "--out", "e.json", "--world", "world"], says="nomodel"),
-            Case("missing/eval-config", ["eval", "teacher", "--config", "no.yaml", "--out", "e.json", "--world", "world"],
-                 says="no.yaml"),
-            Case("missing/eval-world", ["eval", "teacher", "--out", "e.json", "--world", "noworld"], says="noworld"),
-            Case("missing/eval-grid", ["eval", "teacher", "--out", "e.json", "--world", "world", "--grid", "no.json"],
-                 says="no.json"),
-            Case("missing/eval-grid-keys", ["eval", "teacher", "--out", "e.json", "--world", "world", "--grid", "g2.json"],
-                 {"g2.json": '{"experiment": "e"}'}, says="parent_run_id"),
-            Case("missing/eval-at-frac-file", ["eval", "afile", "--at-frac", "0.9", "--out", "e.json", "--world", "world"],
-                 says="run directory"),
-            Case("missing/collect-grid", ["collect", "--grid", "no.json", "--out-dir", "c"], says="no.json"),
-            Case("missing/collect-grid-list", ["collect", "--grid", "g2.json", "--out-dir", "c"], {"g2.json": "[1, 2]"},
-                 says="grid"),
-            Case("missing/collect-store", ["collect", "--grid", "grid.json", "--out-dir", "c"], says="no MLflow store"),
-            Case("missing/casestudy", ["casestudy", "no.json", "--out", "c.html"], says="no.json"),
-            Case("missing/casestudy-dir", ["casestudy", "adir", "--out", "c.html"], says="directory"),
-            Case("missing/search-space", ["search", "no.yaml"], says="no.yaml"),
-            Case("missing/search-check", ["search", "no.yaml", "--check"], says="no.yaml"),
-            Case("missing/search-worker", ["search-worker", "no.yaml"], says="no.yaml"),
-            Case("missing/search-report", ["search-report", "no.yaml"], says="no.yaml"),
-            Case("missing/search-space-empty", ["search", "s.yaml"], {"s.yaml": ""}, says="s.yaml"),
-            Case("missing/search-space-dup", ["search", "s.yaml"], {"s.yaml": "name: a\nname: b\n"}, says="duplicate"),
-            Case("missing/verl-run", ["verl-overrides", "--run", "nosuch", "--runs-dir", RUNS], says="valid run ids"),
-            Case("missing/verl-run-path", ["verl-overrides", "--run", "no.yaml"], says="no.yaml"),
-            Case("missing/verl-launch-run", ["verl-launch", "--run", "nosuch", "--runs-dir", RUNS, "--dry-run"],
-                 says="nosuch"),
-            Case("missing/verl-scale-path", ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS,
-                                             "--scale", "no-scale.yaml"], says="no-scale.yaml")]
+    out += [
+        Case("missing/check", ["config", "check", "nope.yaml"], says="nope.yaml"),
+        Case("missing/check-dir", ["config", "check", "adir"], says="directory"),
+        Case("missing/train-config", ["train", "nope.yaml", "--run-dir", "run", "--world", "world"], says="nope.yaml"),
+        Case("missing/train-world", ["train", "run.yaml", "--run-dir", "run", "--world", "noworld"], says="noworld"),
+        Case("missing/train-default-world", ["train", "run.yaml", "--run-dir", "run"], says="prepare"),
+        Case(
+            "missing/train-grid",
+            ["train", "run.yaml", "--run-dir", "run", "--world", "world", "--grid", "no.json"],
+            says="no.json",
+        ),
+        Case(
+            "missing/train-grid-not-json",
+            ["train", "run.yaml", "--run-dir", "run", "--world", "world", "--grid", "run.yaml"],
+            says="grid",
+        ),
+        Case("missing/eval-model", ["eval", "nomodel", "--out", "e.json", "--world", "world"], says="nomodel"),
+        Case(
+            "missing/eval-config",
+            ["eval", "teacher", "--config", "no.yaml", "--out", "e.json", "--world", "world"],
+            says="no.yaml",
+        ),
+        Case("missing/eval-world", ["eval", "teacher", "--out", "e.json", "--world", "noworld"], says="noworld"),
+        Case(
+            "missing/eval-grid", ["eval", "teacher", "--out", "e.json", "--world", "world", "--grid", "no.json"], says="no.json"
+        ),
+        Case(
+            "missing/eval-grid-keys",
+            ["eval", "teacher", "--out", "e.json", "--world", "world", "--grid", "g2.json"],
+            {"g2.json": '{"experiment": "e"}'},
+            says="parent_run_id",
+        ),
+        Case(
+            "missing/eval-at-frac-file",
+            ["eval", "afile", "--at-frac", "0.9", "--out", "e.json", "--world", "world"],
+            says="run directory",
+        ),
+        Case("missing/collect-grid", ["collect", "--grid", "no.json", "--out-dir", "c"], says="no.json"),
+        Case("missing/collect-grid-list", ["collect", "--grid", "g2.json", "--out-dir", "c"], {"g2.json": "[1, 2]"}, says="grid"),
+        Case("missing/collect-store", ["collect", "--grid", "grid.json", "--out-dir", "c"], says="no MLflow store"),
+        Case("missing/casestudy", ["casestudy", "no.json", "--out", "c.html"], says="no.json"),
+        Case("missing/casestudy-dir", ["casestudy", "adir", "--out", "c.html"], says="directory"),
+        Case("missing/search-space", ["search", "no.yaml"], says="no.yaml"),
+        Case("missing/search-check", ["search", "no.yaml", "--check"], says="no.yaml"),
+        Case("missing/search-worker", ["search-worker", "no.yaml"], says="no.yaml"),
+        Case("missing/search-report", ["search-report", "no.yaml"], says="no.yaml"),
+        Case("missing/search-space-empty", ["search", "s.yaml"], {"s.yaml": ""}, says="s.yaml"),
+        Case("missing/search-space-dup", ["search", "s.yaml"], {"s.yaml": "name: a\nname: b\n"}, says="duplicate"),
+        Case("missing/verl-run", ["verl-overrides", "--run", "nosuch", "--runs-dir", RUNS], says="valid run ids"),
+        Case("missing/verl-run-path", ["verl-overrides", "--run", "no.yaml"], says="no.yaml"),
+        Case("missing/verl-launch-run", ["verl-launch", "--run", "nosuch", "--runs-dir", RUNS, "--dry-run"], says="nosuch"),
+        Case(
+            "missing/verl-scale-path",
+            ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS, "--scale", "no-scale.yaml"],
+            says="no-scale.yaml",
+        ),
+    ]
     for verb in ("tables", "figures", "report"):
-        out += [Case(f"missing/{verb}", [verb, "--collected", "nosnap", "--out-dir", "t"], says="nosnap"),
-                Case(f"missing/{verb}-empty-dir", [verb, "--collected", "adir", "--out-dir", "t"], says="meta.json"),
-                Case(f"missing/{verb}-file", [verb, "--collected", "afile", "--out-dir", "t"], says="afile"),
-                Case(f"missing/{verb}-broken", [verb, "--collected", "snap", "--out-dir", "t"],
-                     {"snap/meta.json": "{not json", "snap/runs.parquet": "x", "snap/history.parquet": "x"},
-                     says="broken snapshot")]
-    for cid, text in [("not-json", "{"), ("not-list", '{"a": 1}'), ("item-not-dict", "[1]"),
-                      ("missing-key", '[{"prompt": "p"}]'),
-                      ("lengths", '[{"prompt": "p", "tokens": ["a"], "token_class": [1, 0], "advantage": [1], "reward": 1}]'),
-                      ("class", '[{"prompt": "p", "tokens": ["a"], "token_class": [2], "advantage": [1], "reward": 1}]'),
-                      ("class-str", '[{"prompt": "p", "tokens": ["a"], "token_class": ["x"], "advantage": [1], "reward": 1}]'),
-                      ("reward", '[{"prompt": "p", "tokens": ["a"], "token_class": [1], "advantage": [1], "reward": "hi"}]'),
-                      ("token-int", '[{"prompt": "p", "tokens": [5], "token_class": [1], "advantage": [1], "reward": 1}]')]:
-        out.append(Case(f"casestudy/{cid}", ["casestudy", "cs.json", "--out", "c.html"], {"cs.json": text},
-                        says="cs.json"))
+        out += [
+            Case(f"missing/{verb}", [verb, "--collected", "nosnap", "--out-dir", "t"], says="nosnap"),
+            Case(f"missing/{verb}-empty-dir", [verb, "--collected", "adir", "--out-dir", "t"], says="meta.json"),
+            Case(f"missing/{verb}-file", [verb, "--collected", "afile", "--out-dir", "t"], says="afile"),
+            Case(
+                f"missing/{verb}-broken",
+                [verb, "--collected", "snap", "--out-dir", "t"],
+                {"snap/meta.json": "{not json", "snap/runs.parquet": "x", "snap/history.parquet": "x"},
+                says="broken snapshot",
+            ),
+        ]
+    for cid, text in [
+        ("not-json", "{"),
+        ("not-list", '{"a": 1}'),
+        ("item-not-dict", "[1]"),
+        ("missing-key", '[{"prompt": "p"}]'),
+        ("lengths", '[{"prompt": "p", "tokens": ["a"], "token_class": [1, 0], "advantage": [1], "reward": 1}]'),
+        ("class", '[{"prompt": "p", "tokens": ["a"], "token_class": [2], "advantage": [1], "reward": 1}]'),
+        ("class-str", '[{"prompt": "p", "tokens": ["a"], "token_class": ["x"], "advantage": [1], "reward": 1}]'),
+        ("reward", '[{"prompt": "p", "tokens": ["a"], "token_class": [1], "advantage": [1], "reward": "hi"}]'),
+        ("token-int", '[{"prompt": "p", "tokens": [5], "token_class": [1], "advantage": [1], "reward": 1}]'),
+    ]:
+        out.append(Case(f"casestudy/{cid}", ["casestudy", "cs.json", "--out", "c.html"], {"cs.json": text}, says="cs.json"))
     # 7. outputs where something else is in the way.
-    out += [Case("in-the-way/train-run-dir-file", ["train", "run.yaml", "--run-dir", "afile", "--world", "world"],
-                 says="afile"),
-            Case("in-the-way/train-run-dir-under-file", ["train", "run.yaml", "--run-dir", "afile/run", "--world", "world"],
-                 says="afile"),
-            Case("in-the-way/eval-out-dir", ["eval", "teacher", "--out", "adir", "--world", "world"], says="adir"),
-            Case("in-the-way/eval-out-under-file", ["eval", "teacher", "--out", "afile/e.json", "--world", "world"],
-                 says="afile"),
-            Case("in-the-way/grid-start-out-dir", ["grid-start", "--scale", "smoke", "--out", "adir"], says="adir"),
-            Case("in-the-way/grid-start-under-file", ["grid-start", "--scale", "smoke", "--out", "afile/g.json"],
-                 says="afile"),
-            Case("in-the-way/collect-out-file", ["collect", "--grid", "grid.json", "--out-dir", "afile"], says="afile"),
-            Case("in-the-way/casestudy-out-dir", ["casestudy", "cs.json", "--out", "adir"], {"cs.json": "[]"},
-                 says="adir"),
-            Case("in-the-way/prepare-out-file", ["prepare", "--scale", "smoke", "--out", "afile"], says="afile"),
-            Case("in-the-way/search-out-file", ["search", SPACE, "--out", "afile"], says="afile"),
-            Case("in-the-way/realscale-out-file", ["realscale-eval", "m", "--out", "afile", "--benchmark", "aime24",
-                                                   "--source", "aime24=./none.jsonl"], says="afile")]
+    out += [
+        Case("in-the-way/train-run-dir-file", ["train", "run.yaml", "--run-dir", "afile", "--world", "world"], says="afile"),
+        Case(
+            "in-the-way/train-run-dir-under-file",
+            ["train", "run.yaml", "--run-dir", "afile/run", "--world", "world"],
+            says="afile",
+        ),
+        Case("in-the-way/eval-out-dir", ["eval", "teacher", "--out", "adir", "--world", "world"], says="adir"),
+        Case("in-the-way/eval-out-under-file", ["eval", "teacher", "--out", "afile/e.json", "--world", "world"], says="afile"),
+        Case("in-the-way/grid-start-out-dir", ["grid-start", "--scale", "smoke", "--out", "adir"], says="adir"),
+        Case("in-the-way/grid-start-under-file", ["grid-start", "--scale", "smoke", "--out", "afile/g.json"], says="afile"),
+        Case("in-the-way/collect-out-file", ["collect", "--grid", "grid.json", "--out-dir", "afile"], says="afile"),
+        Case("in-the-way/casestudy-out-dir", ["casestudy", "cs.json", "--out", "adir"], {"cs.json": "[]"}, says="adir"),
+        Case("in-the-way/prepare-out-file", ["prepare", "--scale", "smoke", "--out", "afile"], says="afile"),
+        Case("in-the-way/search-out-file", ["search", SPACE, "--out", "afile"], says="afile"),
+        Case(
+            "in-the-way/realscale-out-file",
+            ["realscale-eval", "m", "--out", "afile", "--benchmark", "aime24", "--source", "aime24=./none.jsonl"],
+            says="afile",
+        ),
+    ]
     if not ROOT:  # root writes anywhere: no permission error to provoke
         ro = {"ro/.keep": ""}
-        out += [Case("permission/train-run-dir", ["train", "run.yaml", "--run-dir", "ro/run", "--world", "world"], ro,
-                     says="not writable"),
-                Case("permission/eval-out", ["eval", "teacher", "--out", "ro/e.json", "--world", "world"], ro,
-                     says="not writable"),
-                Case("permission/grid-start", ["grid-start", "--scale", "smoke", "--out", "ro/g.json"], ro,
-                     says="not writable")]
+        out += [
+            Case(
+                "permission/train-run-dir",
+                ["train", "run.yaml", "--run-dir", "ro/run", "--world", "world"],
+                ro,
+                says="not writable",
+            ),
+            Case("permission/eval-out", ["eval", "teacher", "--out", "ro/e.json", "--world", "world"], ro, says="not writable"),
+            Case("permission/grid-start", ["grid-start", "--scale", "smoke", "--out", "ro/g.json"], ro, says="not writable"),
+        ]
     ids = [c.id for c in out]
     assert len(ids) == len(set(ids)), [i for i in ids if ids.count(i) > 1]
     return out
@@ -405,10 +553,17 @@ def _config_fields() -> dict[str, list[str]]:
     return out
 
 
-_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(allow_nan=True, allow_infinity=True),
-                  st.text(max_size=8), st.sampled_from(["sgopd", "opd", "sgpod", "interp", "phi", "mini", "verl", "1e-3"]))
-_value = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
-                                                                                          max_size=3), max_leaves=6)
+_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from(["sgopd", "opd", "sgpod", "interp", "phi", "mini", "verl", "1e-3"]),
+)
+_value = st.recursive(
+    _leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=6
+)
 
 
 @st.composite
@@ -462,8 +617,10 @@ def _random_override(draw):
     section = draw(st.sampled_from(sorted(fields)))
     dotted = ".".join(p for p in (section, draw(st.sampled_from(fields[section] or ["seed"]))) if p)
     key = draw(st.sampled_from([dotted, dotted + "x", "", " ", dotted + ".x"]) | st.text(max_size=8))
-    raw = draw(st.sampled_from([".inf", ".nan", "-1", "0", "1e400", "true", "[1", "{", "'x", "null", "1e-3", ": :"])
-               | st.text(max_size=10))
+    raw = draw(
+        st.sampled_from([".inf", ".nan", "-1", "0", "1e400", "true", "[1", "{", "'x", "null", "1e-3", ": :"])
+        | st.text(max_size=10)
+    )
     return draw(st.sampled_from([f"{key}={raw}", key, f"={raw}"]))
 
 
@@ -481,6 +638,7 @@ def test_fuzz_random_overrides_are_accepted_or_refused_in_one_line(override):
 
 
 # -- behaviour around the fuzz: --debug, --trials, environment errors ---------------------------
+
 
 def test_debug_shows_the_traceback_of_a_user_error(sandbox, capsys):
     from workbench.errors import UserError
@@ -502,9 +660,14 @@ def test_a_permission_error_from_inside_a_verb_is_one_line(sandbox, capsys, monk
     assert rc == 2 and err == "error: Permission denied: locked/c.html\n"
 
 
-@pytest.mark.parametrize("argv", [["grid-start", "--scale", "smoke", "--out", "sub/g.json"],
-                                  ["train", "run.yaml", "--run-dir", "sub/run", "--world", "world"],
-                                  ["eval", "teacher", "--out", "sub/e.json", "--world", "world"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["grid-start", "--scale", "smoke", "--out", "sub/g.json"],
+        ["train", "run.yaml", "--run-dir", "sub/run", "--world", "world"],
+        ["eval", "teacher", "--out", "sub/e.json", "--world", "world"],
+    ],
+)
 def test_an_unwritable_output_directory_is_refused_up_front(argv, sandbox, capsys, monkeypatch):
     # Root writes anywhere, so the fuzz's permission cases run only as another user: here the
     # check itself, with the directory reported unwritable.
@@ -531,11 +694,11 @@ def test_search_trials_overrides_the_space(sandbox, capsys):
     assert cmd[cmd.index("--trials") + 1] == "3"  # the workers see the same budget
     from workbench.cli import build_parser
 
-    assert build_parser().parse_args(cmd[cmd.index("search-worker"):]).trials == 3
+    assert build_parser().parse_args(cmd[cmd.index("search-worker") :]).trials == 3
 
 
 def test_search_trials_below_the_enqueued_settings_is_refused(sandbox, capsys):
-    space = (Path(SPACE).read_text().replace("enqueue:\n", "enqueue:\n  - {label: extra, params: {}}\n"))
+    space = Path(SPACE).read_text().replace("enqueue:\n", "enqueue:\n  - {label: extra, params: {}}\n")
     (sandbox / "s.yaml").write_text(space)
     rc, out, err = run_in_process(["search", "s.yaml", "--check", "--trials", "1"], capsys)
     assert_one_error_line(rc, out, err, 2, "n_trials (1)")
@@ -569,20 +732,25 @@ def test_sigterm_is_a_keyboard_interrupt_so_runs_end_killed_and_resume():
 
 # -- end to end: real processes ------------------------------------------------------------------
 
+
 def _workbench(*args: str, cwd: Path, **kw) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd.parent / 'e2e.db'}"}
     env.pop("WORKBENCH_DEBUG", None)
     return subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=cwd, env=env, text=True, **kw)
 
 
-@pytest.mark.parametrize("argv, files, rc", [
-    (["train", "bad.yaml", "--run-dir", "run", "--world", "world"], {"bad.yaml": "optim: {lr: .inf}\n"}, 2),
-    (["grid-start", "--scale", "nosuch", "--out", "g.json"], {}, 2),
-    (["train", "run.yaml", "--run-dir", "run", "--threads", "-2", "--world", "world"], {}, 2),
-    (["tables", "--collected", "nope", "--out-dir", "t"], {}, 2),
-    (["train", "run.yaml", "--run-dir", "afile", "--world", "world"], {}, 2),
-    (["config", "check", "bad.yaml"], {"bad.yaml": "seed: 1\nseed: 2\n"}, 2),
-], ids=["non-finite-lr", "unknown-scale", "bad-threads", "missing-snapshot", "run-dir-is-a-file", "duplicate-key"])
+@pytest.mark.parametrize(
+    "argv, files, rc",
+    [
+        (["train", "bad.yaml", "--run-dir", "run", "--world", "world"], {"bad.yaml": "optim: {lr: .inf}\n"}, 2),
+        (["grid-start", "--scale", "nosuch", "--out", "g.json"], {}, 2),
+        (["train", "run.yaml", "--run-dir", "run", "--threads", "-2", "--world", "world"], {}, 2),
+        (["tables", "--collected", "nope", "--out-dir", "t"], {}, 2),
+        (["train", "run.yaml", "--run-dir", "afile", "--world", "world"], {}, 2),
+        (["config", "check", "bad.yaml"], {"bad.yaml": "seed: 1\nseed: 2\n"}, 2),
+    ],
+    ids=["non-finite-lr", "unknown-scale", "bad-threads", "missing-snapshot", "run-dir-is-a-file", "duplicate-key"],
+)
 def test_end_to_end_one_line_no_traceback(tmp_path, argv, files, rc):
     work = tmp_path / "w"
     work.mkdir()
@@ -624,12 +792,12 @@ def _wait_reading_stdin(proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="needs /proc")
-@pytest.mark.parametrize("sig, rc, line", [(signal.SIGTERM, 143, "interrupted by SIGTERM"),
-                                           (signal.SIGINT, 130, "interrupted")])
+@pytest.mark.parametrize("sig, rc, line", [(signal.SIGTERM, 143, "interrupted by SIGTERM"), (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_ends_a_verb_with_one_line(tmp_path, sig, rc, line):
     # `config check /dev/stdin` blocks reading a pipe nobody writes: a verb stopped mid-way.
-    proc = _workbench("config", "check", "/dev/stdin", cwd=tmp_path, stdin=subprocess.PIPE,
-                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = _workbench(
+        "config", "check", "/dev/stdin", cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         _wait_reading_stdin(proc)
         proc.send_signal(sig)

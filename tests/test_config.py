@@ -18,10 +18,31 @@ REPO = Path(__file__).resolve().parents[1]
 GRID = sorted((REPO / "experiments" / "runs").glob("*.yaml"))
 
 SPEC_GRID = {
-    "sft", "seqkd", "gkd", "opd", "exopd-1.25", "exopd-1.25-single-source", "exopd-1.8",
-    "exopd-1.25-interp-all", "gate-1.8-pass", "gate-1.5", "gate-1.8-shrink", "gate-1.5-preserve",
-    "pts-30-35", "pts-50-70", "pts-40-45", "pts-60-65", "pts-60-80", "pts-50-70-ratio2", "sgopd",
-    "sgopd-1.5", "timesep-stage1", "timesep-1.5", "timesep-1.8", "probe-two-level", "probe-grpo-fallback",
+    "sft",
+    "seqkd",
+    "gkd",
+    "opd",
+    "exopd-1.25",
+    "exopd-1.25-single-source",
+    "exopd-1.8",
+    "exopd-1.25-interp-all",
+    "gate-1.8-pass",
+    "gate-1.5",
+    "gate-1.8-shrink",
+    "gate-1.5-preserve",
+    "pts-30-35",
+    "pts-50-70",
+    "pts-40-45",
+    "pts-60-65",
+    "pts-60-80",
+    "pts-50-70-ratio2",
+    "sgopd",
+    "sgopd-1.5",
+    "timesep-stage1",
+    "timesep-1.5",
+    "timesep-1.8",
+    "probe-two-level",
+    "probe-grpo-fallback",
 }
 
 
@@ -35,7 +56,11 @@ def test_defaults_are_the_sgopd_recipe():
     c = parse_config({})
     assert c.method == "sgopd" and c.gate.sign_gate and c.pts.enabled
     assert (c.gate.lambda_base, c.gate.lambda_high, c.gate.disagree_mode, c.gate.disagree_interp_beta) == (
-        1.25, 1.8, "interp", 0.5)
+        1.25,
+        1.8,
+        "interp",
+        0.5,
+    )
     assert (c.stability.mode, c.stability.clip) == ("phi", 2.0)
     assert (c.pts.teacher_sampling_ratio, c.pts.phase1_end_frac, c.pts.phase2_end_frac) == (0.125, 0.30, 0.35)
     assert (c.pts.alpha0, c.pts.alpha1, c.pts.filter_correct) == (1.0, 0.1, True)

@@ -61,9 +61,13 @@ def test_a_cpu_torch_is_refused():
         pytest.skip("a CUDA build of torch")
     with pytest.raises(UserError, match=r"CPU build \(torch.version.cuda is None\).*make setup-gpu"):
         stage.require_cuda_torch("gpu-smoke")
-    r = subprocess.run([sys.executable, "-m", "workbench.backends.verl.stage", "check-gpu-env"], check=False,
-                       capture_output=True,
-                       text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "workbench.backends.verl.stage", "check-gpu-env"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 1 and "error: setup-gpu: torch" in r.stderr and "CPU build" in r.stderr
 
 
@@ -108,16 +112,14 @@ def test_the_assertions_catch_missing_outputs(tmp_path, monkeypatch):
     state = tmp_path / "verl_run.json"
     state.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
     smoke = gpu_smoke.Smoke(tmp_path / "out", dry_run=False)
-    got = gpu_smoke.assertions(smoke, paths, "sgopd", 3, uri, state, trained=True, eval_dir=tmp_path / "eval",
-                               n_samples=2)
+    got = gpu_smoke.assertions(smoke, paths, "sgopd", 3, uri, state, trained=True, eval_dir=tmp_path / "eval", n_samples=2)
     assert not any(a["ok"] for a in got.values())
     assert "no global_step_" in got["checkpoint"]["error"] and "no merged model" in got["merged_model"]["error"]
     assert "results.json" in got["eval_results"]["error"]
     missing = got["mlflow_history"]["error"]
     assert all(k in missing for k in (*gpu_smoke.GATE, *gpu_smoke.PTS)) and "eval/" not in missing
     # untrained (the dry run): the eval metrics alone pass
-    got = gpu_smoke.assertions(smoke, paths, "sgopd", 3, uri, state, trained=False, eval_dir=tmp_path / "eval",
-                               n_samples=2)
+    got = gpu_smoke.assertions(smoke, paths, "sgopd", 3, uri, state, trained=False, eval_dir=tmp_path / "eval", n_samples=2)
     assert got["mlflow_history"]["ok"] and "not_run" in got["checkpoint"]
 
 
@@ -128,8 +130,14 @@ def test_make_gpu_smoke_dry_run_is_the_scripts_dry_run():
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
 
     def make_n(*args: str) -> str:
-        return subprocess.run(["make", "-n", "--no-print-directory", "gpu-smoke", *args], check=False, cwd=REPO,
-                              capture_output=True, text=True, env=env).stdout
+        return subprocess.run(
+            ["make", "-n", "--no-print-directory", "gpu-smoke", *args],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env=env,
+        ).stdout
 
     out = make_n("DRY_RUN=1")
     assert out.strip().splitlines()[-1] == ".venv/bin/python benchmarks/gpu_smoke.py --dry-run"
@@ -140,8 +148,13 @@ def test_make_gpu_smoke_dry_run_is_the_scripts_dry_run():
 def test_the_dry_run_runs_every_cpu_part(tmp_path):
     """`make gpu-smoke DRY_RUN=1`: toy models, staging, verl-check, the launch commands, a real
     evaluation logged to MLflow, the assertions on it; about 35 s on 2 cores."""
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_smoke.py"), "--dry-run", "--out", str(tmp_path)],
-                       check=False, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_smoke.py"), "--dry-run", "--out", str(tmp_path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     report = json.loads((tmp_path / "report.dry-run.json").read_text())
     assert report["ok"] and report["dry_run"] and report["run"] == "sgopd"

@@ -25,10 +25,23 @@ from workbench.tracking import load_history
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "experiments" / "runs"
-SMOKE = ["train.steps=3", "train.checkpoint_every=2", "rollout.prompts_per_step=2", "rollout.group_size=3",
-         "eval.n_samples=2", "eval.k=2", "eval.benchmarks=[bench1, bench4]"]
-CANONICAL_TRAIN = {"train/loss", "train/grad_norm", "train/entropy", "train/response_length",
-                   "perf/step_seconds", "perf/tokens_per_second"}
+SMOKE = [
+    "train.steps=3",
+    "train.checkpoint_every=2",
+    "rollout.prompts_per_step=2",
+    "rollout.group_size=3",
+    "eval.n_samples=2",
+    "eval.k=2",
+    "eval.benchmarks=[bench1, bench4]",
+]
+CANONICAL_TRAIN = {
+    "train/loss",
+    "train/grad_norm",
+    "train/entropy",
+    "train/response_length",
+    "perf/step_seconds",
+    "perf/tokens_per_second",
+}
 ON_POLICY = {"train/reward_mean", "train/kl_teacher", "train/conflict_frac", "train/consensus_frac", "train/neutral_frac"}
 PTS = {"train/pts_alpha", "train/pts_kept", "train/pts_loss"}
 
@@ -46,8 +59,10 @@ def _order(name: str) -> int:
 
 # One run per code path in the default suite; the rest of the grid is marked slow.
 FAST = {"sft", "gkd", "sgopd", "probe-two-level", "timesep-1.5", "exopd-1.25-single-source", "grpo"}
-GRID = [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
-        for n in sorted((p.stem for p in RUNS.glob("*.yaml")), key=lambda n: (_order(n), n))]
+GRID = [
+    pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
+    for n in sorted((p.stem for p in RUNS.glob("*.yaml")), key=lambda n: (_order(n), n))
+]
 
 
 @pytest.mark.parametrize("run", GRID)
@@ -61,8 +76,13 @@ def test_every_grid_run_trains_and_evaluates(run, smoke_world, tmp_path_factory,
     if cfg.train.init_from:
         stage1 = runs_root / cfg.train.init_from / "seed0"
         if not (stage1 / "final").exists():
-            train_run(RUNS / f"{cfg.train.init_from}.yaml", run_dir=stage1, world=smoke_world,
-                      overrides=SMOKE + ["sft.filter_correct=false"], evaluate_final=False)
+            train_run(
+                RUNS / f"{cfg.train.init_from}.yaml",
+                run_dir=stage1,
+                world=smoke_world,
+                overrides=SMOKE + ["sft.filter_correct=false"],
+                evaluate_final=False,
+            )
     run_dir = runs_root / run / "seed0"
     steps = list(range(1, load_config(RUNS / f"{run}.yaml", overrides).train.total_steps + 1))
     result = train_run(RUNS / f"{run}.yaml", run_dir=run_dir, world=smoke_world, overrides=overrides)
@@ -91,8 +111,7 @@ def test_every_grid_run_trains_and_evaluates(run, smoke_world, tmp_path_factory,
 
 def test_intermediate_evaluations_are_logged(smoke_world, tmp_path, store):
     run_dir = tmp_path / "sgopd"
-    train_run(RUNS / "sgopd.yaml", run_dir=run_dir, world=smoke_world,
-              overrides=SMOKE + ["train.steps=4", "train.eval_every=2"])
+    train_run(RUNS / "sgopd.yaml", run_dir=run_dir, world=smoke_world, overrides=SMOKE + ["train.steps=4", "train.eval_every=2"])
     evals = [r["step"] for r in load_history(run_dir) if "eval/avg_at_k" in r]
     assert evals == [2, 4]  # step 2 from the trainer, step 4 the final evaluation
     run_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
@@ -111,8 +130,19 @@ def test_single_source_trains_on_its_source_only(smoke_world):
 
 def _train_cmd(run_dir: Path, world: Path, steps: int) -> list[str]:
     sets = [f"train.steps={steps}", "train.checkpoint_every=2", "rollout.prompts_per_step=2", "rollout.group_size=3"]
-    return [sys.executable, "-m", "workbench", "train", str(RUNS / "sgopd.yaml"), "--run-dir", str(run_dir),
-            "--world", str(world), "--no-eval", *[a for s in sets for a in ("--set", s)]]
+    return [
+        sys.executable,
+        "-m",
+        "workbench",
+        "train",
+        str(RUNS / "sgopd.yaml"),
+        "--run-dir",
+        str(run_dir),
+        "--world",
+        str(world),
+        "--no-eval",
+        *[a for s in sets for a in ("--set", s)],
+    ]
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(smoke_world, tmp_path, store):
@@ -121,8 +151,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(smoke_world, tmp_path
     ref_dir, crash_dir = tmp_path / "ref", tmp_path / "crash"
     subprocess.run(_train_cmd(ref_dir, smoke_world, steps), check=True, env=env, capture_output=True)
 
-    proc = subprocess.Popen(_train_cmd(crash_dir, smoke_world, steps), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(crash_dir, smoke_world, steps), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     # Kill once a checkpoint exists and a later step has been logged but not checkpointed.
     while time.time() < deadline and proc.poll() is None:
@@ -173,9 +204,26 @@ def test_nan_loss_stops_the_run_and_marks_it_failed(smoke_world, tmp_path, store
 
 def test_eval_cli_on_world_models(smoke_world, tmp_path):
     out = tmp_path / "teacher.json"
-    r = subprocess.run([sys.executable, "-m", "workbench", "eval", "teacher", "--world", str(smoke_world),
-                        "--out", str(out), "--set", "eval.n_samples=3", "--set", "eval.k=2"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workbench",
+            "eval",
+            "teacher",
+            "--world",
+            str(smoke_world),
+            "--out",
+            str(out),
+            "--set",
+            "eval.n_samples=3",
+            "--set",
+            "eval.k=2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     res = json.loads(out.read_text())
     assert res["label"] == "teacher" and res["n_samples"] == 3 and res["k"] == 2
     assert set(res["benchmarks"]) == {"bench1", "bench2", "bench3", "bench4"}

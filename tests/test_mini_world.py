@@ -52,18 +52,18 @@ def test_solution_worked_steps():
 @pytest.mark.parametrize(
     "response, ok",
     [
-        ("37+252-5;289-5;#284", True),      # reference solution
-        ("#284", True),                       # steps are not graded, only the answer
-        ("1+1;#284", True),                   # outcome reward only
-        ("37+252-5;289-5;#285", False),     # wrong answer
-        ("37+252-5;289-5;#2840", False),    # extra digit
-        ("37+252-5;289-5;284", False),      # missing marker
-        ("37+252-5;289-5;#", False),        # empty answer
-        ("#284#284", False),                  # two markers
-        ("#284;", False),                     # trailing garbage
-        ("#-284", False),                     # sign
+        ("37+252-5;289-5;#284", True),  # reference solution
+        ("#284", True),  # steps are not graded, only the answer
+        ("1+1;#284", True),  # outcome reward only
+        ("37+252-5;289-5;#285", False),  # wrong answer
+        ("37+252-5;289-5;#2840", False),  # extra digit
+        ("37+252-5;289-5;284", False),  # missing marker
+        ("37+252-5;289-5;#", False),  # empty answer
+        ("#284#284", False),  # two markers
+        ("#284;", False),  # trailing garbage
+        ("#-284", False),  # sign
         ("", False),
-        ("+*;;==#", False),                   # garbage
+        ("+*;;==#", False),  # garbage
     ],
 )
 def test_verify_cases(response, ok):
@@ -103,16 +103,14 @@ def test_student_style_shortcuts_and_order_stay_correct():
     assert n_steps_skip < 0.6 * n_steps_ref  # skip=1 merges reductions pairwise
     assert T.Style().render(probs[0], rng) == probs[0].solution  # teacher style = reference
     mixed = T.Style(order="right", order_p=0.5)
-    outs = {mixed.render(T.Problem("x", "t", "3*4+5*6=", 42, 3, T.solve("3*4+5*6=")), rng)
-            for _ in range(40)}
+    outs = {mixed.render(T.Problem("x", "t", "3*4+5*6=", 42, 3, T.solve("3*4+5*6=")), rng) for _ in range(40)}
     assert outs == {"12+5*6;12+30;#42", "3*4+30;12+30;#42"}  # both orders occur
 
 
 def test_intermediate_values_bounded():
     task = T.get_task("arith", seed=1, bench_size=30, val_size=10)
     bounds = {b.name: b.level.max_value for b in task.benchmarks_spec}
-    assert bounds == {"bench1": T.MAX_VALUE, "bench2": T.MAX_VALUE,
-                      "bench3": T.LARGE_VALUE, "bench4": T.LARGE_VALUE}
+    assert bounds == {"bench1": T.MAX_VALUE, "bench2": T.MAX_VALUE, "bench3": T.LARGE_VALUE, "bench4": T.LARGE_VALUE}
     for name, ps in task.benchmarks().items():
         for p in ps:
             nums, ops = T.parse_expression(p.prompt)
@@ -146,7 +144,7 @@ def test_splits_disjoint_and_difficulty_rises():
     for i, n in enumerate(names):
         assert not bench_sets[n] & val
         assert not bench_sets[n] & train
-        for m in names[i + 1:]:
+        for m in names[i + 1 :]:
             assert not bench_sets[n] & bench_sets[m]
     assert not val & train
     # SFT streams also skip held-out prompts
@@ -253,8 +251,7 @@ def test_sampling_reproducible_and_eos_truncation():
     prompts = [CODEC.encode_prompt("12+3*4=")] * 8
     a = generate(m, prompts, 30, temperature=1.0, generator=torch.Generator().manual_seed(0))
     b = generate(m, prompts, 30, temperature=1.0, generator=torch.Generator().manual_seed(0))
-    c = generate(m, prompts, 30, temperature=1.0, top_p=0.5,
-                 generator=torch.Generator().manual_seed(0))
+    c = generate(m, prompts, 30, temperature=1.0, top_p=0.5, generator=torch.Generator().manual_seed(0))
     assert a == b and len(c) == 8
     for o in a + c:
         assert 1 <= len(o) <= 30
@@ -333,8 +330,7 @@ def test_prepare_deterministic(mini_smoke, tmp_path):
     for role in ("teacher", "student"):
         assert man2["models"][role]["sft_log"][-1]["loss"] == man["models"][role]["sft_log"][-1]["loss"]
         assert man2["models"][role]["accuracy"] == man["models"][role]["accuracy"]
-    assert (tmp_path / "w2" / "data" / "bench3.jsonl").read_text() == (
-        out / "data" / "bench3.jsonl").read_text()
+    assert (tmp_path / "w2" / "data" / "bench3.jsonl").read_text() == (out / "data" / "bench3.jsonl").read_text()
     with pytest.raises(KeyError, match="valid"):
         prepare(tmp_path / "w3", scale="huge")
 
@@ -358,15 +354,14 @@ class _Oracle(torch.nn.Module):
     def __init__(self, problems):
         super().__init__()
         self.w = torch.nn.Parameter(torch.zeros(1))
-        self.answers = {tuple(CODEC.encode_prompt(p.prompt)): CODEC.encode_response(p.solution)
-                        for p in problems}
+        self.answers = {tuple(CODEC.encode_prompt(p.prompt)): CODEC.encode_response(p.solution) for p in problems}
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, **kw):
         logits = torch.full((*input_ids.shape, VOCAB_SIZE), -1e9)
         for b in range(input_ids.shape[0]):
             row = [t for t in input_ids[b].tolist() if t != PAD_ID]
             for key, resp in self.answers.items():
-                if tuple(row[:len(key)]) == key:
+                if tuple(row[: len(key)]) == key:
                     k = len(row) - len(key)
                     logits[b, -1, resp[k] if k < len(resp) else EOS_ID] = 0.0
         from types import SimpleNamespace
@@ -389,8 +384,7 @@ class _NoCache(torch.nn.Module):
         super().__init__()
         self.inner = inner
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False,
-                cache=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, cache=None):
         seq = input_ids if cache is None else torch.cat([cache, input_ids], dim=1)
         out = self.inner(seq)
         from types import SimpleNamespace

@@ -32,8 +32,16 @@ from workbench.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ResumeError
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "experiments" / "runs"
 # 4 steps with a checkpoint every 2, the one at step 2 kept: a resume has a checkpoint to fall back to.
-SHORT = ["train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints_at=[0.5]", "rollout.prompts_per_step=2",
-         "rollout.group_size=3", "eval.n_samples=2", "eval.k=2", "eval.benchmarks=[bench1]"]
+SHORT = [
+    "train.steps=4",
+    "train.checkpoint_every=2",
+    "train.keep_checkpoints_at=[0.5]",
+    "rollout.prompts_per_step=2",
+    "rollout.group_size=3",
+    "eval.n_samples=2",
+    "eval.k=2",
+    "eval.benchmarks=[bench1]",
+]
 
 
 @pytest.fixture
@@ -121,8 +129,15 @@ def test_a_changed_config_is_refused_and_restart_is_on_purpose(smoke_world, tmp_
     first_id = json.loads((run_dir / "tracking.json").read_text())["run_id"]
     before = tree(run_dir)
     # Forgetting one override (here: the learning rate) is a different config.
-    args = ["train", RUNS / "sgopd.yaml", "--run-dir", run_dir, "--world", smoke_world,
-            *[a for s in [*SHORT, "optim.lr=0.01"] for a in ("--set", s)]]
+    args = [
+        "train",
+        RUNS / "sgopd.yaml",
+        "--run-dir",
+        run_dir,
+        "--world",
+        smoke_world,
+        *[a for s in [*SHORT, "optim.lr=0.01"] for a in ("--set", s)],
+    ]
     rc, err = run_cli(capsys, *args)
     assert rc == 2 and one_error(err) and str(run_dir) in err and "--restart" in err
     assert tree(run_dir) == before
@@ -148,8 +163,7 @@ def test_a_directory_that_holds_no_run_is_refused(smoke_world, tmp_path, store):
 
 # -- 3. a live run is never touched --------------------------------------------------------------
 def _train_args(run_dir: Path, world: Path, *extra: str) -> list[str]:
-    return ["train", str(RUNS / "sgopd.yaml"), "--run-dir", str(run_dir), "--world", str(world), "--scale", "smoke",
-            *extra]
+    return ["train", str(RUNS / "sgopd.yaml"), "--run-dir", str(run_dir), "--world", str(world), "--scale", "smoke", *extra]
 
 
 def _train_cmd(run_dir: Path, world: Path, *extra: str) -> list[str]:
@@ -159,8 +173,12 @@ def _train_cmd(run_dir: Path, world: Path, *extra: str) -> list[str]:
 def test_a_run_that_is_still_training_is_never_touched(smoke_world, tmp_path, store, capsys):
     run_dir = tmp_path / "live"
     steps = 10
-    live = subprocess.Popen(_train_cmd(run_dir, smoke_world, "--set", f"train.steps={steps}", "--no-eval"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    live = subprocess.Popen(
+        _train_cmd(run_dir, smoke_world, "--set", f"train.steps={steps}", "--no-eval"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while live.poll() is None and time.time() < deadline and not list(run_dir.glob("checkpoints/step-*/state.json")):
         time.sleep(0.05)
@@ -204,8 +222,14 @@ STOPPER = textwrap.dedent("""
 def _stop_many_commits(tmp_path: Path, n: int, seed: int) -> None:
     uri = f"sqlite:///{tmp_path / 'stops.db'}"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    proc = subprocess.Popen([sys.executable, "-c", STOPPER, str(tmp_path / "runs"), uri, str(n), str(seed)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPER, str(tmp_path / "runs"), uri, str(n), str(seed)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
@@ -252,8 +276,7 @@ def test_many_stops_during_mlflow_calls(tmp_path):
 def _stop_training(run_dir: Path, world: Path, env: dict, delay: float, sig: int) -> tuple[int, str]:
     """Start a smoke training run, send ``sig`` ``delay`` s after its MLflow run exists, and
     return its exit status and stderr once it ends (which must be within seconds)."""
-    proc = subprocess.Popen(_train_cmd(run_dir, world), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(_train_cmd(run_dir, world), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline and not (run_dir / "tracking.json").exists():
         time.sleep(0.01)
@@ -279,8 +302,9 @@ def _interrupt_training(smoke_world: Path, tmp_path: Path, store: str, n: int, s
     rng = random.Random(seed)
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "MLFLOW_DISABLE_TELEMETRY": "true"}
     span = 3.5  # about the tracked part of a smoke run here; later moments find it finished
-    stops = [(tmp_path / f"stop{i}", (i + rng.random()) / n * span, signal.SIGTERM if i % 3 == 2 else signal.SIGINT)
-             for i in range(n)]  # stratified: early, mid-run and late stops
+    stops = [
+        (tmp_path / f"stop{i}", (i + rng.random()) / n * span, signal.SIGTERM if i % 3 == 2 else signal.SIGINT) for i in range(n)
+    ]  # stratified: early, mid-run and late stops
     with ThreadPoolExecutor(2) as pool:
         ended = list(pool.map(lambda a: _stop_training(a[0], smoke_world, env, a[1], a[2]), stops))
     killed = 0
@@ -377,7 +401,7 @@ def test_a_missing_world_leaves_no_run_directory_and_no_mlflow_run(tmp_path, sto
     with pytest.raises(UserError, match="no prepared world"):
         eval_model("teacher", world=nowhere, out=out)
     assert not run_dir.exists() and not out.parent.exists()
-    db = Path(store[len("sqlite:///"):])
+    db = Path(store[len("sqlite:///") :])
     assert not db.exists() or not client().search_runs([e.experiment_id for e in client().search_experiments()])
 
 
@@ -390,8 +414,12 @@ def test_bad_model_grid_and_init_paths_are_refused_before_anything_runs(smoke_wo
     assert not out.exists()
     run_dir = tmp_path / "stage2"
     with pytest.raises(UserError, match="init_from"):
-        train_run(RUNS / "sgopd.yaml", run_dir=run_dir, world=smoke_world,
-                  overrides=[*SHORT, f"train.init_from={tmp_path / 'missing-run'}"])
+        train_run(
+            RUNS / "sgopd.yaml",
+            run_dir=run_dir,
+            world=smoke_world,
+            overrides=[*SHORT, f"train.init_from={tmp_path / 'missing-run'}"],
+        )
     assert not run_dir.exists()
 
 
@@ -410,8 +438,7 @@ def _unwritable(tmp_path: Path) -> Path:
     pytest.skip("no unwritable directory for root on this machine")
 
 
-def test_run_dirs_and_stores_that_cannot_be_written_are_one_line_errors(smoke_world, tmp_path, store, monkeypatch,
-                                                                         capsys):
+def test_run_dirs_and_stores_that_cannot_be_written_are_one_line_errors(smoke_world, tmp_path, store, monkeypatch, capsys):
     afile = tmp_path / "afile"
     afile.write_text("keep")
     ro = _unwritable(tmp_path)
@@ -437,5 +464,4 @@ def test_experiments_are_marked_as_model_training(tmp_path, store):
     with Tracker(tmp_path / "b", experiment="kind-old", run_name="b"):
         pass
     for name in ("kind-new", "kind-old"):
-        assert client().get_experiment_by_name(name).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == \
-            "custom_model_development"
+        assert client().get_experiment_by_name(name).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"

@@ -26,9 +26,12 @@ def test_loader_reads_local_parquet_and_jsonl_in_the_hub_schema(tmp_path):
     import pyarrow.parquet as pq
 
     pq.write_table(pa.Table.from_pylist(HUB_ROWS), tmp_path / "hmmt.parquet")
-    (tmp_path / "aime.jsonl").write_text("".join(
-        json.dumps({"id": f"2024-I-{i}", "problem": r["problem"], "answer": int(i) * 7, "solution": "..."}) + "\n"
-        for i, r in enumerate(HUB_ROWS, 1)))
+    (tmp_path / "aime.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"2024-I-{i}", "problem": r["problem"], "answer": int(i) * 7, "solution": "..."}) + "\n"
+            for i, r in enumerate(HUB_ROWS, 1)
+        )
+    )
     hmmt = R.load_benchmark("hmmt25-feb", str(tmp_path / "hmmt.parquet"))
     assert [p.id for p in hmmt] == ["1", "2", "3"] and hmmt[1].answer == "\\frac{3}{4}"
     assert hmmt[0].prompt.startswith("Compute $1+1$.") and hmmt[0].prompt.endswith(R.PROMPT_SUFFIX)
@@ -81,15 +84,28 @@ def test_pipeline_end_to_end_with_the_transformers_engine_on_a_mini_model(smoke_
     import workbench.algo as A
     from workbench.mini.task import read_jsonl, verify
 
-    problems = read_jsonl(smoke_world / "data" / f"{next(iter(json.loads((smoke_world / 'manifest.json').read_text())['benchmarks']))}.jsonl")[:6]
+    problems = read_jsonl(
+        smoke_world / "data" / f"{next(iter(json.loads((smoke_world / 'manifest.json').read_text())['benchmarks']))}.jsonl"
+    )[:6]
     src = tmp_path / "mini.jsonl"
     src.write_text("".join(json.dumps({"id": p.id, "problem": p.prompt, "answer": str(p.answer)}) + "\n" for p in problems))
     spec = R.BenchmarkSpec("mini-bench", str(src), answer_format="hash", template="{problem}")
     loaded = R.load_benchmark(spec)
     engine = R.TransformersEngine(smoke_world / "student", device="cpu", batch_size=32)
     n, k = 4, 2
-    result = R.evaluate(engine, {"mini-bench": (spec, loaded)}, n_samples=n, k=k, temperature=1.0, top_p=1.0,
-                        max_new_tokens=40, seed=0, out_dir=tmp_path / "out", grade_workers=2, grade_timeout=20)
+    result = R.evaluate(
+        engine,
+        {"mini-bench": (spec, loaded)},
+        n_samples=n,
+        k=k,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=40,
+        seed=0,
+        out_dir=tmp_path / "out",
+        grade_workers=2,
+        grade_timeout=20,
+    )
     records = [json.loads(line) for line in (tmp_path / "out" / "mini-bench.samples.jsonl").read_text().splitlines()]
     assert len(records) == len(problems) * n
     # math-verify on the '#' answer agrees with the mini task's own exact verifier on every sample

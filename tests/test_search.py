@@ -97,27 +97,36 @@ def check_mlflow(uri: str, experiment: str, trials) -> dict[int, object]:
 PARAMS = smoke_data()["params"]
 
 
-@pytest.mark.parametrize("changes, expected", [
-    ({"bogus": 1}, ["bogus: unknown key", "valid keys here"]),
-    ({"params": {**PARAMS, "gate.lambda_hgh": {"low": 1, "high": 2}}}, ["gate.lambda_hgh", "not a RunConfig field", "lambda_high"]),
-    ({"params": {**PARAMS, P1: {"low": 0.6, "high": 0.1}}}, [f"params.{P1}", "low (0.6) must be < high (0.1)"]),
-    ({"params": {**PARAMS, LH: {"low": 1, "high": 2, "stepp": 1}}}, [f"params.{LH}.stepp: unknown key"]),
-    ({"params": {**PARAMS, "gate.disagree_interp_beta": {"low": 0, "high": 1.5}}}, ["gate.disagree_interp_beta", "less than or equal to 1"]),
-    ({"params": {**PARAMS, P2: {"low": 0.2, "high": 0.5, "above": P1, "min_gap": 0.05}}}, [P2, "high (0.5) must be >="]),
-    ({"params": {P2: PARAMS[P2], P1: PARAMS[P1]}}, [f"{P2}.above", "must be a parameter listed before"]),
-    ({"params": {**PARAMS, "seed": {"low": 0, "high": 3, "type": "int"}}}, ["seed", "set by the search itself"]),
-    ({"sampler": {"name": "nope"}}, ["sampler.name", "unknown sampler 'nope'", "valid: tpe, random"]),
-    ({"pruner": {"name": "nope"}}, ["pruner.name", "unknown pruner 'nope'", "median", "successive_halving"]),
-    ({"sampler": {"name": "tpe", "options": {"n_startup": 3}}}, ["sampler.options", "n_startup"]),
-    ({"n_trials": 0}, ["n_trials", "greater than 0"]),
-    ({"n_trials": -2}, ["n_trials", "greater than 0"]),
-    ({"metric": "accuracy"}, ["metric", "unknown metric 'accuracy'", "avg_at_k"]),
-    ({"base": "nope"}, ["base", "unknown run 'nope'"]),
-    ({"eval_every": 4}, ["eval_every (4) must be < the run's steps (4)"]),
-    ({"fixed": {"eval.benchmarks": ["bench1"]}}, ["eval.benchmarks", "set by the search itself"]),
-    ({"enqueue": [{"label": "x", "params": {P1: 0.5, P2: 0.45}}]}, [f"enqueue.0.params.{P2}", "outside the space"]),
-    ({"enqueue": [{"label": "x", "params": {"gate.lambda_base": 1.2}}] * 5}, ["enqueue", "do not fit in n_trials"]),
-])
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"bogus": 1}, ["bogus: unknown key", "valid keys here"]),
+        (
+            {"params": {**PARAMS, "gate.lambda_hgh": {"low": 1, "high": 2}}},
+            ["gate.lambda_hgh", "not a RunConfig field", "lambda_high"],
+        ),
+        ({"params": {**PARAMS, P1: {"low": 0.6, "high": 0.1}}}, [f"params.{P1}", "low (0.6) must be < high (0.1)"]),
+        ({"params": {**PARAMS, LH: {"low": 1, "high": 2, "stepp": 1}}}, [f"params.{LH}.stepp: unknown key"]),
+        (
+            {"params": {**PARAMS, "gate.disagree_interp_beta": {"low": 0, "high": 1.5}}},
+            ["gate.disagree_interp_beta", "less than or equal to 1"],
+        ),
+        ({"params": {**PARAMS, P2: {"low": 0.2, "high": 0.5, "above": P1, "min_gap": 0.05}}}, [P2, "high (0.5) must be >="]),
+        ({"params": {P2: PARAMS[P2], P1: PARAMS[P1]}}, [f"{P2}.above", "must be a parameter listed before"]),
+        ({"params": {**PARAMS, "seed": {"low": 0, "high": 3, "type": "int"}}}, ["seed", "set by the search itself"]),
+        ({"sampler": {"name": "nope"}}, ["sampler.name", "unknown sampler 'nope'", "valid: tpe, random"]),
+        ({"pruner": {"name": "nope"}}, ["pruner.name", "unknown pruner 'nope'", "median", "successive_halving"]),
+        ({"sampler": {"name": "tpe", "options": {"n_startup": 3}}}, ["sampler.options", "n_startup"]),
+        ({"n_trials": 0}, ["n_trials", "greater than 0"]),
+        ({"n_trials": -2}, ["n_trials", "greater than 0"]),
+        ({"metric": "accuracy"}, ["metric", "unknown metric 'accuracy'", "avg_at_k"]),
+        ({"base": "nope"}, ["base", "unknown run 'nope'"]),
+        ({"eval_every": 4}, ["eval_every (4) must be < the run's steps (4)"]),
+        ({"fixed": {"eval.benchmarks": ["bench1"]}}, ["eval.benchmarks", "set by the search itself"]),
+        ({"enqueue": [{"label": "x", "params": {P1: 0.5, P2: 0.45}}]}, [f"enqueue.0.params.{P2}", "outside the space"]),
+        ({"enqueue": [{"label": "x", "params": {"gate.lambda_base": 1.2}}] * 5}, ["enqueue", "do not fit in n_trials"]),
+    ],
+)
 def test_malformed_spaces_are_rejected_naming_the_field(changes, expected):
     with pytest.raises(SearchSpaceError) as e:
         parse_space(smoke_data(**changes))
@@ -147,8 +156,13 @@ def test_a_malformed_space_fails_before_any_trial_runs(tmp_path, capsys):
 
 
 @settings(max_examples=25, deadline=None)
-@given(low=st.floats(0.0, 0.5), width=st.floats(0.05, 0.4), gap=st.floats(0.001, 0.2), extra=st.floats(0.0, 0.3),
-       seed=st.integers(0, 2**16))
+@given(
+    low=st.floats(0.0, 0.5),
+    width=st.floats(0.05, 0.4),
+    gap=st.floats(0.001, 0.2),
+    extra=st.floats(0.0, 0.3),
+    seed=st.integers(0, 2**16),
+)
 def test_the_sampler_keeps_p1_below_p2(low, width, gap, extra, seed):
     p1 = ParamSpec(low=low, high=low + width)
     p2 = ParamSpec(low=low, high=low + width + gap + extra, above=P1, min_gap=gap)
@@ -190,8 +204,24 @@ def test_pts_lambda_space_draws_only_valid_run_configs():
 def test_two_workers_share_one_study(smoke_world, tmp_path, store):
     space = write_space(tmp_path / "space.yaml", n_trials=5)
     out, reports, storage = tmp_path / "out", tmp_path / "reports", str(tmp_path / "study.journal")
-    rc = main(["search", str(space), "--workers", "2", "--threads", "1", "--storage", storage, "--world", str(smoke_world),
-               "--out", str(out), "--reports", str(reports)])
+    rc = main(
+        [
+            "search",
+            str(space),
+            "--workers",
+            "2",
+            "--threads",
+            "1",
+            "--storage",
+            storage,
+            "--world",
+            str(smoke_world),
+            "--out",
+            str(out),
+            "--reports",
+            str(reports),
+        ]
+    )
     assert rc == 0
     trials = trials_of(storage, "smoke")
     assert len(trials) == 5  # exact: never more, never fewer
@@ -216,11 +246,28 @@ def test_two_workers_share_one_study(smoke_world, tmp_path, store):
 
 def test_a_killed_worker_s_trial_resumes_from_its_checkpoint(smoke_world, tmp_path, store):
     # 12 steps a trial, a checkpoint every 2: a wide window to kill the worker mid-trial.
-    space = write_space(tmp_path / "space.yaml", n_trials=3, eval_every=4,
-                        fixed={"train.keep_checkpoints_at": [], "train.steps": 12})
+    space = write_space(
+        tmp_path / "space.yaml", n_trials=3, eval_every=4, fixed={"train.keep_checkpoints_at": [], "train.steps": 12}
+    )
     out, storage = tmp_path / "out", str(tmp_path / "study.journal")
-    cmd = [sys.executable, "-m", "workbench", "search", str(space), "--workers", "1", "--threads", "1", "--storage", storage,
-           "--world", str(smoke_world), "--out", str(out), "--no-report"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench",
+        "search",
+        str(space),
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--storage",
+        storage,
+        "--world",
+        str(smoke_world),
+        "--out",
+        str(out),
+        "--no-report",
+    ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": store}
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpt = out / "smoke" / "trial-1" / "seed0" / "checkpoints" / "step-000004" / "state.json"
@@ -264,8 +311,10 @@ def test_failed_and_pruned_trials_are_recorded_and_the_search_goes_on(smoke_worl
     from workbench.search import run_search
 
     settings_ = [1.8, 1.2, 2.0, 1.0, 1.1]
-    enq = [{"label": f"lh {lh}", "params": {P1: 0.3, P2: 0.35, LH: lh, "gate.lambda_base": 1.25,
-                                           "gate.disagree_interp_beta": 0.5}} for lh in settings_]
+    enq = [
+        {"label": f"lh {lh}", "params": {P1: 0.3, P2: 0.35, LH: lh, "gate.lambda_base": 1.25, "gate.disagree_interp_beta": 0.5}}
+        for lh in settings_
+    ]
     space = write_space(tmp_path / "space.yaml", n_trials=5, enqueue=enq)
     current = {}
     real_train_run = R.train_run

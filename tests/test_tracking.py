@@ -91,7 +91,11 @@ class FakeConfig:
 
 # -- what lands in MLflow --------------------------------------------------------------
 def test_params_tags_metrics_and_artifacts_land(store, tmp_path):
-    parent = client(store).create_run(client(store).create_experiment("grid-parent", artifact_location=str(tmp_path / "art"))).info.run_id
+    parent = (
+        client(store)
+        .create_run(client(store).create_experiment("grid-parent", artifact_location=str(tmp_path / "art")))
+        .info.run_id
+    )
     config = {"method": "sgopd", "gate": {"lambda_high": 1.5, "disagree_mode": "interp"}, "seeds": [1, 2]}
     with Tracker(
         tmp_path / "run",
@@ -193,8 +197,14 @@ def test_nan_loss_stops_the_run_and_marks_it_failed(store, tmp_path):
     check_finite(0.0, 1)
 
 
-@pytest.mark.parametrize("error, status", [(ValueError("boom"), "FAILED"), (KeyboardInterrupt(), "KILLED"),
-                                           (StopRun("pruned", tags={"optuna.state": "PRUNED"}), "KILLED")])
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        (ValueError("boom"), "FAILED"),
+        (KeyboardInterrupt(), "KILLED"),
+        (StopRun("pruned", tags={"optuna.state": "PRUNED"}), "KILLED"),
+    ],
+)
 def test_an_exception_marks_the_run(store, tmp_path, error, status):
     with pytest.raises(type(error)), Tracker(tmp_path / "run", experiment="ends", run_name="exc", tracking_uri=store) as tr:
         tr.log_metrics({"train/loss": 1.0}, 1)

@@ -32,8 +32,9 @@ def test_scales_load_and_reject_unknown_keys(tmp_path):
     assert (paper.student, paper.teacher, paper.batch.group_size) == ("Qwen/Qwen3-1.7B", "Qwen/Qwen3-4B", 8)
     assert paper.teacher_gpus >= 2
     bad = tmp_path / "bad.yaml"
-    bad.write_text((Path(__file__).resolve().parents[1] / "workbench/backends/verl/scales/paper.yaml").read_text()
-                   + "\nsurprise: 1\n")
+    bad.write_text(
+        (Path(__file__).resolve().parents[1] / "workbench/backends/verl/scales/paper.yaml").read_text() + "\nsurprise: 1\n"
+    )
     with pytest.raises(Exception, match="surprise"):
         load_scale(bad)
     assert load_scale("paper", ["batch.prompts_per_step=16"]).batch.prompts_per_step == 16
@@ -71,7 +72,10 @@ def test_baseline_overrides():
     assert "trainer.v1.trainer_mode" not in opd
     pts = as_dict(job("pts-30-35"))  # OPD token loss + PTS: the sgopd loss with the gate off at lambda 1
     assert pts["distillation.distillation_loss.loss_mode"] == "sgopd"
-    assert (pts["distillation.distillation_loss.sign_gate"], pts["distillation.distillation_loss.lambda_base"]) == ("false", "1.0")
+    assert (pts["distillation.distillation_loss.sign_gate"], pts["distillation.distillation_loss.lambda_base"]) == (
+        "false",
+        "1.0",
+    )
     assert pts["actor_rollout_ref.actor.use_kl_loss"] == "false"
     gkd = as_dict(job("gkd"))
     assert gkd["distillation.distillation_loss.loss_mode"] == "forward_kl_topk"
@@ -90,8 +94,9 @@ def test_sft_family_and_stage_two_init():
     assert td["filter_correct"] is True and td["decoding"] == "sample"
     import workbench.algo as A
 
-    assert td["max_prompts"] == A.pts_teacher_prompts(200, 64, teacher_sampling_ratio=0.125,
-                                                      phase1_end_frac=0.30, phase2_end_frac=0.35)
+    assert td["max_prompts"] == A.pts_teacher_prompts(
+        200, 64, teacher_sampling_ratio=0.125, phase1_end_frac=0.30, phase2_end_frac=0.35
+    )
     assert job("seqkd").teacher_data["decoding"] == "greedy"
     stage2 = as_dict(job("timesep-1.5", seed=1))
     assert stage2["actor_rollout_ref.model.path"] == "results/paper/verl-runs/timesep-stage1/seed1/hf"
@@ -104,7 +109,8 @@ def test_run_paths_name_every_file_of_a_run():
     p = run_paths("res/", "paper", "sgopd", 2)
     assert p.run_dir == "res/paper/verl-runs/sgopd/seed2"
     assert (p.checkpoints, p.hf, p.state, p.eval_results, p.done) == tuple(
-        f"res/paper/verl-runs/sgopd/seed2/{f}" for f in ("checkpoints", "hf", "verl_run.json", "eval/results.json", "done"))
+        f"res/paper/verl-runs/sgopd/seed2/{f}" for f in ("checkpoints", "hf", "verl_run.json", "eval/results.json", "done")
+    )
     j = job("sgopd", seed=2, results="res")
     assert j.paths == p and as_dict(j)["trainer.default_local_dir"] == p.checkpoints
     assert job("sft", seed=2, results="res").teacher_data["out"] == run_paths("res", "paper", "sft", 2).teacher_data
@@ -123,8 +129,11 @@ def test_the_scale_owns_size_fields_and_says_so():
     from workbench.backends.verl.overrides import SCALE_OWNED
     from workbench.config import ConfigError, RunConfig
 
-    with pytest.raises(ConfigError, match=r"optim.lr=0.01 \(scale 'paper' sets optim.lr=1e-06.*train.steps=50 "
-                       r"\(scale 'paper' sets train.steps=200"):
+    with pytest.raises(
+        ConfigError,
+        match=r"optim.lr=0.01 \(scale 'paper' sets optim.lr=1e-06.*train.steps=50 "
+        r"\(scale 'paper' sets train.steps=200",
+    ):
         build_job(load_config(RUNS / "sgopd.yaml", ["optim.lr=0.01", "train.steps=50"]), load_scale("paper"))
     with pytest.raises(ConfigError, match=r"optim.lr=0.01 \(scale 'smoke' sets sft.lr=1e-05"):
         build_job(load_config(RUNS / "sft.yaml", ["optim.lr=0.01"]), load_scale("smoke"))
@@ -138,8 +147,19 @@ def test_the_scale_owns_size_fields_and_says_so():
             build_job(load_config(path), load_scale(name))
     # every run-config field is either the scale's on verl or read from the run config: a new
     # field must be placed on one side (RUN_OWNED is what build_job reads from the run config)
-    RUN_OWNED = {"name", "group", "method", "backend", "seed", "optim.eps_low", "optim.eps_high", "train.steps_frac",
-                 "train.keep_checkpoints_at", "train.init_from", "train.sources"}
+    RUN_OWNED = {
+        "name",
+        "group",
+        "method",
+        "backend",
+        "seed",
+        "optim.eps_low",
+        "optim.eps_high",
+        "train.steps_frac",
+        "train.keep_checkpoints_at",
+        "train.init_from",
+        "train.sources",
+    }
     sections = ("gate", "stability", "pts", "sft")
 
     def leaves(model, prefix=""):
@@ -169,8 +189,20 @@ def test_cli_verbs(capsys):
     assert args.handler(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["run"] == "gate-1.5" and "distillation.distillation_loss.loss_mode=sgopd" in out["overrides"]
-    args = parser.parse_args(["verl-launch", "--run", "sgopd", "--runs-dir", str(RUNS), "--dry-run",
-                              "--mlflow-run-id", "abc123", "--tracking-uri", "sqlite:///x.db"])
+    args = parser.parse_args(
+        [
+            "verl-launch",
+            "--run",
+            "sgopd",
+            "--runs-dir",
+            str(RUNS),
+            "--dry-run",
+            "--mlflow-run-id",
+            "abc123",
+            "--tracking-uri",
+            "sqlite:///x.db",
+        ]
+    )
     assert args.handler(args) == 0
     text = capsys.readouterr().out
     assert "MLFLOW_RUN_ID=abc123" in text and "+ray_kwargs.ray_init.runtime_env.env_vars.MLFLOW_RUN_ID=abc123" in text
@@ -180,13 +212,25 @@ def test_cli_verbs(capsys):
 def test_metrics_are_mapped_to_spec_names():
     from workbench.backends.verl.metrics import canonical_metrics
 
-    m = canonical_metrics({
-        "critic/score/mean": 0.25, "actor/entropy": 1.5, "response_length/mean": 900.0, "timing_s/step": 30.0,
-        "perf/throughput": 1000.0, "actor/grad_norm": 0.5, "actor/distillation/pg_clipfrac": 0.1,
-        "actor/train/conflict_frac": 0.9, "actor/sgopd/n_valid": 100, "actor/sgopd/n_neutral": 20,
-        "actor/sgopd/n_conflict": 20, "actor/sgopd/n_consensus": 60, "actor/sgopd/adv_sum": 50.0,
-        "actor/sgopd/kl_teacher_sum": 10.0,
-    }, n_gpus=4)
+    m = canonical_metrics(
+        {
+            "critic/score/mean": 0.25,
+            "actor/entropy": 1.5,
+            "response_length/mean": 900.0,
+            "timing_s/step": 30.0,
+            "perf/throughput": 1000.0,
+            "actor/grad_norm": 0.5,
+            "actor/distillation/pg_clipfrac": 0.1,
+            "actor/train/conflict_frac": 0.9,
+            "actor/sgopd/n_valid": 100,
+            "actor/sgopd/n_neutral": 20,
+            "actor/sgopd/n_conflict": 20,
+            "actor/sgopd/n_consensus": 60,
+            "actor/sgopd/adv_sum": 50.0,
+            "actor/sgopd/kl_teacher_sum": 10.0,
+        },
+        n_gpus=4,
+    )
     assert m["train/reward_mean"] == 0.25 and m["perf/tokens_per_second"] == 4000.0
     assert m["train/conflict_frac"] == 0.25 and m["train/consensus_frac"] == 0.75  # exact, from the counts
     assert m["train/neutral_frac"] == 0.2 and m["train/adv_mean"] == 0.5 and m["train/kl_teacher"] == 0.1
@@ -196,8 +240,14 @@ def test_metrics_are_mapped_to_spec_names():
 def test_pts_plan_follows_the_schedule():
     from workbench.backends.verl import pts_plan
 
-    pts = {"enabled": True, "teacher_sampling_ratio": 0.125, "phase1_end_frac": 0.3, "phase2_end_frac": 0.35,
-           "alpha0": 1.0, "alpha1": 0.1}
+    pts = {
+        "enabled": True,
+        "teacher_sampling_ratio": 0.125,
+        "phase1_end_frac": 0.3,
+        "phase2_end_frac": 0.35,
+        "alpha0": 1.0,
+        "alpha1": 0.1,
+    }
     first = pts_plan.step_plan(1, 200, 64, pts)  # verl's step 1 is docs/algorithm.md's step 0
     assert (first.active, first.n_prompts, first.alpha) == (True, 8, 1.0)
     assert pts_plan.prompt_flags(64, first).count(True) == 8
@@ -225,12 +275,18 @@ def test_verl_check_validates_the_smallest_layout():
     kinds = ["sgopd", "opd", "gkd", "grpo", "sft", "timesep-stage1", "timesep-1.5"]  # every kind of verl job
     results = {r.run_id: r for r in check_grid(scale, RUNS, kinds)}
     assert all(r.ok for r in results.values()), "\n".join(r.line() for r in results.values())
-    assert {k: results[k].gpus for k in kinds} == {"sgopd": 2, "opd": 2, "gkd": 2, "grpo": 1, "sft": 1,
-                                                  "timesep-stage1": 1, "timesep-1.5": 2}
+    assert {k: results[k].gpus for k in kinds} == {
+        "sgopd": 2,
+        "opd": 2,
+        "gkd": 2,
+        "grpo": 1,
+        "sft": 1,
+        "timesep-stage1": 1,
+        "timesep-1.5": 2,
+    }
     assert as_dict(job("timesep-stage1", "gpu-smoke"))["trainer.total_training_steps"] == "1"
     # the job's GPU request must be what verl's resource pools take
-    bad = build_job(load_config(RUNS / "sgopd.yaml"), load_scale("gpu-smoke", [
-        "verl_extra=[trainer.n_gpus_per_node=2]"]))
+    bad = build_job(load_config(RUNS / "sgopd.yaml"), load_scale("gpu-smoke", ["verl_extra=[trainer.n_gpus_per_node=2]"]))
     res = check_job(bad)
     assert not res.ok and "resource pools take 3 GPUs but the job requests 2" in " ".join(res.errors)
 
@@ -258,8 +314,10 @@ def test_adding_the_verbs_imports_neither_verl_nor_torch():
     import subprocess
     import sys
 
-    code = ("import argparse, sys; from workbench.backends.verl.cli import add_verbs; "
-            "p = argparse.ArgumentParser(); add_verbs(p.add_subparsers()); "
-            "print(sorted(m for m in ('verl', 'torch', 'ray', 'vllm') if m in sys.modules))")
+    code = (
+        "import argparse, sys; from workbench.backends.verl.cli import add_verbs; "
+        "p = argparse.ArgumentParser(); add_verbs(p.add_subparsers()); "
+        "print(sorted(m for m in ('verl', 'torch', 'ray', 'vllm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"

@@ -43,9 +43,14 @@ def _loss_config(cfg):
     from workbench.backends.verl.loss import SGOPDLossConfig
 
     pts = {f"pts_{k}": v for k, v in cfg.pts.model_dump().items()}
-    return SGOPDLossConfig(**cfg.gate.route_kwargs(), stability_mode=cfg.stability.mode,
-                           stability_clip=cfg.stability.clip, clip_ratio_low=cfg.optim.eps_low,
-                           clip_ratio_high=cfg.optim.eps_high, **pts)
+    return SGOPDLossConfig(
+        **cfg.gate.route_kwargs(),
+        stability_mode=cfg.stability.mode,
+        stability_clip=cfg.stability.clip,
+        clip_ratio_low=cfg.optim.eps_low,
+        clip_ratio_high=cfg.optim.eps_high,
+        **pts,
+    )
 
 
 def _cases():
@@ -88,9 +93,16 @@ def test_microbatches_with_driver_fields_equal_the_whole_batch():
     cfg = CASES["sgopd"]
     loss_cfg = _loss_config(cfg)
     batch = make_batch(seed=7, n_rows=10, is_weights=True)
-    fields = driver_fields(batch.a_rl, batch.lp_old, batch.lp_teacher, batch.lp_ref, batch.mask,
-                           route_kwargs=loss_cfg.route_kwargs(), stability_mode=loss_cfg.stability_mode,
-                           stability_clip=loss_cfg.stability_clip)
+    fields = driver_fields(
+        batch.a_rl,
+        batch.lp_old,
+        batch.lp_teacher,
+        batch.lp_ref,
+        batch.mask,
+        route_kwargs=loss_cfg.route_kwargs(),
+        stability_mode=loss_cfg.stability_mode,
+        stability_clip=loss_cfg.stability_clip,
+    )
     total_loss, total_grad = 0.0, torch.zeros_like(batch.lp_full)
     for part, extra in split(batch, [0, 4, 7, 10], extra={"sgopd_weight": fields["sgopd_weight"]}):
         loss, grad, _ = run_verl(actor_config(), distillation_config(loss_cfg), part, extra)
@@ -119,14 +131,28 @@ def test_pts_anchor_rows_add_alpha_times_the_anchor_nll_in_the_same_step(filter_
     rewards = torch.tensor([1.0 if i % 2 else 0.0 for i in range(12)])  # anchors 9, 10, 11: kept 9 and 11
     plan = pts_plan.StepPlan(True, 3, 0.7)
     fields, metrics = pts_plan.step_fields(
-        rewards=rewards, uids=[f"p{i // 3}" if not anchor[i] else f"p{i}" for i in range(12)], anchor=anchor,
-        mask=batch.mask, lp_old=batch.lp_old, lp_teacher=batch.lp_teacher, lp_ref=batch.lp_ref,
-        loss_cfg={**loss_cfg.route_kwargs(), "stability_mode": loss_cfg.stability_mode,
-                  "stability_clip": loss_cfg.stability_clip, "pts_filter_correct": filter_correct}, plan=plan)
+        rewards=rewards,
+        uids=[f"p{i // 3}" if not anchor[i] else f"p{i}" for i in range(12)],
+        anchor=anchor,
+        mask=batch.mask,
+        lp_old=batch.lp_old,
+        lp_teacher=batch.lp_teacher,
+        lp_ref=batch.lp_ref,
+        loss_cfg={
+            **loss_cfg.route_kwargs(),
+            "stability_mode": loss_cfg.stability_mode,
+            "stability_clip": loss_cfg.stability_clip,
+            "pts_filter_correct": filter_correct,
+        },
+        plan=plan,
+    )
     batch = batch.replace(a_rl=fields["advantages"])
-    _, grad, m = run_verl(actor_config(), distillation_config(loss_cfg), batch,
-                          extra={"sgopd_weight": fields["sgopd_weight"], "sgopd_row_scale": fields["sgopd_row_scale"],
-                                    "pts_anchor": anchor.long()})
+    _, grad, m = run_verl(
+        actor_config(),
+        distillation_config(loss_cfg),
+        batch,
+        extra={"sgopd_weight": fields["sgopd_weight"], "sgopd_row_scale": fields["sgopd_row_scale"], "pts_anchor": anchor.long()},
+    )
     kept = pts_plan.kept_anchors(rewards, anchor, filter_correct)
     student = ~anchor
     # reference: docs/algorithm.md's L_tok on the student rows + alpha * L_PTS on kept anchors
@@ -193,7 +219,9 @@ def test_missing_reference_is_a_clear_error():
     batch = make_batch(seed=4, n_rows=4, is_weights=False, with_ref=False)
     with pytest.raises(KeyError, match="use_kl_loss"):
         run_verl(actor_config(), distillation_config(_loss_config(CASES["sgopd"])), batch)
-    run_verl(actor_config(), distillation_config(_loss_config(CASES["opd"] if "opd" in CASES else CASES["gate-off-lambda-1"])), batch)
+    run_verl(
+        actor_config(), distillation_config(_loss_config(CASES["opd"] if "opd" in CASES else CASES["gate-off-lambda-1"])), batch
+    )
 
 
 @pytest.mark.parametrize("filter_correct", [True, False])
@@ -212,11 +240,26 @@ def test_padding_rows_copying_an_anchor_change_nothing(filter_correct):
     rewards = torch.tensor([1.0, 0, 1, 1, 0, 1, 0, 1, 0])
     uids = ["a0", "p0", "p0", "p0", "p1", "p1", "p1", "a1", "a2"]
     entropy = torch.rand(mask.shape, generator=torch.Generator().manual_seed(1))
-    cfg = {"sign_gate": True, "lambda_high": 1.5, "stability_mode": "phi", "stability_clip": 2.0,
-           "pts_filter_correct": filter_correct}
+    cfg = {
+        "sign_gate": True,
+        "lambda_high": 1.5,
+        "stability_mode": "phi",
+        "stability_clip": 2.0,
+        "pts_filter_correct": filter_correct,
+    }
     plan = pts_plan.StepPlan(True, 3, 0.7)
-    real_f, real_m = pts_plan.step_fields(rewards=rewards, uids=uids, anchor=anchor, mask=mask, lp_old=lp_old,
-                                          lp_teacher=lp_t, lp_ref=lp_ref, loss_cfg=cfg, plan=plan, entropy=entropy)
+    real_f, real_m = pts_plan.step_fields(
+        rewards=rewards,
+        uids=uids,
+        anchor=anchor,
+        mask=mask,
+        lp_old=lp_old,
+        lp_teacher=lp_t,
+        lp_ref=lp_ref,
+        loss_cfg=cfg,
+        plan=plan,
+        entropy=entropy,
+    )
 
     n_pad = 3
 
@@ -225,9 +268,18 @@ def test_padding_rows_copying_an_anchor_change_nothing(filter_correct):
 
     tags = [{}] * 9 + [{"is_padding": True}] * n_pad
     pad_f, pad_m = pts_plan.step_fields(
-        rewards=padded(rewards, 0.0), uids=uids + ["padx"] * n_pad, anchor=torch.cat([anchor, anchor[:1].repeat(n_pad)]),
-        mask=padded(mask, False), lp_old=padded(lp_old, 0.0), lp_teacher=padded(lp_t, 0.0), lp_ref=padded(lp_ref, 0.0),
-        loss_cfg=cfg, plan=plan, padding=pts_plan.padding_rows(tags), entropy=padded(entropy, 1.0))
+        rewards=padded(rewards, 0.0),
+        uids=uids + ["padx"] * n_pad,
+        anchor=torch.cat([anchor, anchor[:1].repeat(n_pad)]),
+        mask=padded(mask, False),
+        lp_old=padded(lp_old, 0.0),
+        lp_teacher=padded(lp_t, 0.0),
+        lp_ref=padded(lp_ref, 0.0),
+        loss_cfg=cfg,
+        plan=plan,
+        padding=pts_plan.padding_rows(tags),
+        entropy=padded(entropy, 1.0),
+    )
     assert pad_m == real_m
     for k, v in real_f.items():
         torch.testing.assert_close(pad_f[k][:9], v)

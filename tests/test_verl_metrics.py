@@ -34,10 +34,23 @@ RUNS = Path(__file__).resolve().parents[1] / "experiments" / "runs"
 N_GPUS = 8
 
 #: what the analysis reads (workbench/analysis: figures' panels, stats' conflict metric, PTS figure)
-BASE = {"train/reward_mean", "train/response_length", "train/entropy", "train/loss", "train/grad_norm",
-        "perf/step_seconds", "perf/tokens_per_second"}
-ROUTED = BASE | {"train/conflict_frac", "train/consensus_frac", "train/neutral_frac", "train/adv_mean",
-                 "train/adv_abs_max", "train/kl_teacher"}
+BASE = {
+    "train/reward_mean",
+    "train/response_length",
+    "train/entropy",
+    "train/loss",
+    "train/grad_norm",
+    "perf/step_seconds",
+    "perf/tokens_per_second",
+}
+ROUTED = BASE | {
+    "train/conflict_frac",
+    "train/consensus_frac",
+    "train/neutral_frac",
+    "train/adv_mean",
+    "train/adv_abs_max",
+    "train/kl_teacher",
+}
 PTS = ROUTED | {"train/pts_alpha", "train/pts_kept", "train/pts_teacher_acc", "train/pts_loss"}
 
 
@@ -104,10 +117,15 @@ def _rows(n_student: int, n_anchor: int, seed: int = 0):
         score = torch.zeros(r)
         score[-1] = 1.0 if i < n_anchor else float(torch.rand((), generator=g) < 0.5)
         rows[f"u{i}_0_0"] = {
-            "prompts": torch.randint(3, 50, (p,), generator=g), "responses": torch.randint(3, 50, (r,), generator=g),
-            "response_mask": torch.ones(r, dtype=torch.long), "advantages": torch.randn(r, generator=g),
-            "returns": torch.randn(r, generator=g), "rm_scores": score, "num_turns": torch.tensor(2),
-            "pts_anchor": torch.tensor(int(i < n_anchor)), "entropy": torch.rand(r, generator=g),
+            "prompts": torch.randint(3, 50, (p,), generator=g),
+            "responses": torch.randint(3, 50, (r,), generator=g),
+            "response_mask": torch.ones(r, dtype=torch.long),
+            "advantages": torch.randn(r, generator=g),
+            "returns": torch.randn(r, generator=g),
+            "rm_scores": score,
+            "num_turns": torch.tensor(2),
+            "pts_anchor": torch.tensor(int(i < n_anchor)),
+            "entropy": torch.rand(r, generator=g),
         }
         tags.append({"min_global_steps": 2, "max_global_steps": 2, "seq_len": p + r})
     return rows, tags
@@ -149,8 +167,7 @@ def _loss_metrics(family: str, anchor_fields=None) -> dict:
         batch, extra = anchor_fields
         return run_verl(actor_config(), distillation_config(SGOPDLossConfig()), batch, extra)[2]
     if family == "opd":
-        stock = DistillationLossConfig(loss_mode="k1", use_policy_gradient=True, use_task_rewards=False,
-                                       loss_max_clamp=None)
+        stock = DistillationLossConfig(loss_mode="k1", use_policy_gradient=True, use_task_rewards=False, loss_max_clamp=None)
         return run_verl(actor_config(), distillation_config(stock), make_batch(seed=1, n_rows=9, is_weights=False))[2]
     return {}  # gkd, grpo: the worker-level names only
 
@@ -169,9 +186,18 @@ def _pts_step(rows, tags):
     plan = pts_plan.StepPlan(True, 2, 0.5)
     zeros = torch.zeros(len(keys), width)
     _, metrics = pts_plan.step_fields(
-        rewards=rewards, uids=[k.split("_")[0] for k in keys], anchor=anchor, mask=mask, lp_old=zeros - 1,
-        lp_teacher=zeros - 1.5, lp_ref=None, loss_cfg={"pts_filter_correct": False}, plan=plan,
-        padding=pts_plan.padding_rows(tags), entropy=pad([rows[k]["entropy"] for k in keys]))
+        rewards=rewards,
+        uids=[k.split("_")[0] for k in keys],
+        anchor=anchor,
+        mask=mask,
+        lp_old=zeros - 1,
+        lp_teacher=zeros - 1.5,
+        lp_ref=None,
+        loss_cfg={"pts_filter_correct": False},
+        plan=plan,
+        padding=pts_plan.padding_rows(tags),
+        entropy=pad([rows[k]["entropy"] for k in keys]),
+    )
     batch = make_batch(seed=2, n_rows=9, n_anchor=2)
     extra = {"sgopd_row_scale": torch.ones(9), "pts_anchor": batch.anchor.long()}
     return metrics, (batch, extra)
@@ -191,8 +217,9 @@ def test_each_family_logs_the_spec_names_through_the_trainers_compute_metrics(fa
     rows, tags = _pad(*_rows(n_student=7, n_anchor=2 if pts else 0), n_pad=3)
     monkeypatch.setattr(tq, "kv_batch_get", MemoryKV(rows).kv_batch_get)
     trainer = object.__new__(PTSTrainer if pts else WorkbenchTrainer)
-    trainer.config = OmegaConf.create({"actor_rollout_ref": {"rollout": {"moe_load_balance_metrics_interval": 0},
-                                                             "model": {"mtp": None}}})
+    trainer.config = OmegaConf.create(
+        {"actor_rollout_ref": {"rollout": {"moe_load_balance_metrics_interval": 0}, "model": {"mtp": None}}}
+    )
     trainer.use_critic = False
     trainer._rollout_moe_lb_metrics_accumulator = None
     trainer.resource_pool_manager = SimpleNamespace(get_n_gpus=lambda: N_GPUS)
@@ -257,8 +284,10 @@ def mlflow_run(tmp_path, monkeypatch):
     return client, run_id
 
 
-CONFIG = {"trainer": {"logger": ["console", "mlflow"], "project_name": "e", "experiment_name": "r-seed0",
-                      "total_training_steps": 10}, "actor": {"lr": 1e-6, "ppo_epochs": 1}}
+CONFIG = {
+    "trainer": {"logger": ["console", "mlflow"], "project_name": "e", "experiment_name": "r-seed0", "total_training_steps": 10},
+    "actor": {"lr": 1e-6, "ppo_epochs": 1},
+}
 
 
 def test_verls_own_mlflow_setup_drops_mlflow_on_a_resume_with_a_changed_param(mlflow_run, monkeypatch):
@@ -290,10 +319,12 @@ def _tracking_as_verls_fit_builds_it(config):
     trainer = object.__new__(WorkbenchTrainer)
     trainer.config = OmegaConf.create(config)
     trainer._take_over_mlflow()
-    trainer.logger = Tracking(project_name=trainer.config.trainer.project_name,
-                              experiment_name=trainer.config.trainer.experiment_name,
-                              default_backend=trainer.config.trainer.logger,
-                              config=OmegaConf.to_container(trainer.config, resolve=True))
+    trainer.logger = Tracking(
+        project_name=trainer.config.trainer.project_name,
+        experiment_name=trainer.config.trainer.experiment_name,
+        default_backend=trainer.config.trainer.logger,
+        config=OmegaConf.to_container(trainer.config, resolve=True),
+    )
     return trainer
 
 
@@ -390,5 +421,4 @@ def test_the_export_step_fails_when_metrics_stop_short_of_the_checkpoint(mlflow_
     client.log_metric(run_id, "training/global_step", 5, step=5)
     launch.check_logged(run_id, client.tracking_uri, 5)  # complete: no error
     with pytest.raises(RuntimeError, match="up to step None"):
-        launch.check_logged(client.create_run(client.get_run(run_id).info.experiment_id).info.run_id,
-                            client.tracking_uri, 1)
+        launch.check_logged(client.create_run(client.get_run(run_id).info.experiment_id).info.run_id, client.tracking_uri, 1)

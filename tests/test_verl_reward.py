@@ -90,6 +90,7 @@ def test_reward_pool_is_created_once_per_process_even_when_threads_race():
 def test_shared_pool_with_batches_of_different_sizes_from_threads():
     """Callers of different batch sizes share two workers; each gets its own answers, in order."""
     with GradingPool(workers=2, timeout=20) as pool:
+
         def call(k):
             idx = [(k * 7 + j) % N for j in range(1 + k % 5)]
             grades = pool.grade([ANSWERS[i] for i in idx])
@@ -104,6 +105,7 @@ def test_a_pathological_answer_among_concurrent_calls_costs_its_timeout_and_noth
     bomb = ("\\boxed{9^{9^{9}}}", "3")  # minutes of C-level arithmetic in sympy
     t0 = time.monotonic()
     with GradingPool(workers=2, timeout=2.0) as pool:
+
         def call(i):
             return pool.grade([bomb if i == 3 else ANSWERS[i]])[0]
 

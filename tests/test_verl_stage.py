@@ -46,8 +46,10 @@ def write_scale(tmp: Path, **paths) -> Path:
     data["student"], data["teacher"] = str(tmp / "models/student"), str(tmp / "models/teacher")
     data["data"]["sources"] = {"A": str(tmp / "verl/deepmath/train.parquet"), "B": str(tmp / "verl/extra-math/train.parquet")}
     data["data"]["val_files"] = [str(tmp / "verl/aime24/test.parquet")]
-    data["eval"]["benchmarks"] = {"aime24": str(tmp / "verl/bench/aime24.parquet"),
-                                  "hmmt25-feb": str(tmp / "verl/bench/hmmt25-feb.parquet")}
+    data["eval"]["benchmarks"] = {
+        "aime24": str(tmp / "verl/bench/aime24.parquet"),
+        "hmmt25-feb": str(tmp / "verl/bench/hmmt25-feb.parquet"),
+    }
     data.update(paths)
     path = tmp / "scale.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -65,14 +67,18 @@ def write_raw(raw: Path) -> dict:
     (raw / "deepmath" / ".cache").mkdir()
     pq.write_table(pa.Table.from_pylist([{"question": "cached", "final_answer": "9"}]), raw / "deepmath/.cache/x.parquet")
     (raw / "extra-math").mkdir()
-    (raw / "extra-math" / "math.jsonl").write_text("".join(json.dumps({"problem": f"Solve x = {i}.", "answer": str(i)}) + "\n"
-                                                           for i in range(3)))
+    (raw / "extra-math" / "math.jsonl").write_text(
+        "".join(json.dumps({"problem": f"Solve x = {i}.", "answer": str(i)}) + "\n" for i in range(3))
+    )
     (raw / "aime24").mkdir()
-    (raw / "aime24" / "aime.json").write_text(json.dumps([{"id": 60 + i, "problem": f"AIME {i}", "answer": str(100 + i)}
-                                                          for i in range(4)]))
+    (raw / "aime24" / "aime.json").write_text(
+        json.dumps([{"id": 60 + i, "problem": f"AIME {i}", "answer": str(100 + i)} for i in range(4)])
+    )
     (raw / "hmmt25-feb").mkdir()
-    pq.write_table(pa.Table.from_pylist([{"problem_idx": 1, "problem": "HMMT", "answer": "\\frac{1}{2}"}]),
-                   raw / "hmmt25-feb" / "train.parquet")
+    pq.write_table(
+        pa.Table.from_pylist([{"problem_idx": 1, "problem": "HMMT", "answer": "\\frac{1}{2}"}]),
+        raw / "hmmt25-feb" / "train.parquet",
+    )
     return {"deepmath": rows}
 
 
@@ -107,9 +113,17 @@ def test_staging_writes_what_verls_dataset_and_reward_read(tmp_path, capsys):
     assert {r["data_source"] for r in rows} == {"deepmath"} and rows[2]["extra_info"]["index"] == 2
 
     # verl's own RL dataset reads it (chat template, length filter) and the reward grades it
-    cfg = OmegaConf.create({"cache_dir": str(tmp_path / "cache"), "prompt_key": "prompt", "max_prompt_length": 256,
-                            "filter_overlong_prompts": True, "filter_overlong_prompts_workers": 1,
-                            "truncation": "error", "return_raw_chat": True})
+    cfg = OmegaConf.create(
+        {
+            "cache_dir": str(tmp_path / "cache"),
+            "prompt_key": "prompt",
+            "max_prompt_length": 256,
+            "filter_overlong_prompts": True,
+            "filter_overlong_prompts_workers": 1,
+            "truncation": "error",
+            "return_raw_chat": True,
+        }
+    )
     ds = RLHFDataset([*scale.data.sources.values()], toy_tokenizer(), cfg)
     assert len(ds) == len(deepmath) + 3
     item = ds[0]
@@ -157,12 +171,23 @@ def test_a_raw_file_without_the_columns_is_a_user_error(tmp_path):
 
 def test_set_names_and_the_shipped_scales_plans():
     assert stage.set_names(["d/verl/deepmath/train.parquet", "d/verl/aime24/test.parquet"]) == {
-        "d/verl/deepmath/train.parquet": "deepmath", "d/verl/aime24/test.parquet": "aime24"}
+        "d/verl/deepmath/train.parquet": "deepmath",
+        "d/verl/aime24/test.parquet": "aime24",
+    }
     assert stage.set_names(["r/data/train-a.parquet", "r/data/val.parquet"]) == {
-        "r/data/train-a.parquet": "train-a", "r/data/val.parquet": "val"}
+        "r/data/train-a.parquet": "train-a",
+        "r/data/val.parquet": "val",
+    }
     paper = {(i.kind, i.name): i for i in stage.plan(load_scale("paper"))}
-    assert set(paper) == {("train", "deepmath"), ("train", "extra-math"), ("val", "aime24"), ("bench", "aime24"),
-                          ("bench", "aime25"), ("bench", "hmmt25-feb"), ("bench", "hmmt25-nov")}
+    assert set(paper) == {
+        ("train", "deepmath"),
+        ("train", "extra-math"),
+        ("val", "aime24"),
+        ("bench", "aime24"),
+        ("bench", "aime25"),
+        ("bench", "hmmt25-feb"),
+        ("bench", "hmmt25-nov"),
+    }
     assert paper[("train", "deepmath")].source == "data/raw/deepmath"
     assert paper[("val", "aime24")].out == "data/verl/aime24/test.parquet"  # what verl's validation loader reads
     assert stage.RAW_SETS["deepmath"].hub_id == "zwhe99/DeepMath-103K"
@@ -216,8 +241,19 @@ def test_verl_launch_refuses_before_any_compute(tmp_path, monkeypatch, capsys):
         pytest.skip("a CUDA build of torch: the CPU refusal cannot be shown here")
     monkeypatch.chdir(tmp_path)
     job, scale = staged_job(tmp_path)
-    argv = ["verl-launch", "--run", "sgopd", "--runs-dir", str(RUNS), "--scale", str(tmp_path / "scale.yaml"),
-            "--results", str(tmp_path / "results"), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"]
+    argv = [
+        "verl-launch",
+        "--run",
+        "sgopd",
+        "--runs-dir",
+        str(RUNS),
+        "--scale",
+        str(tmp_path / "scale.yaml"),
+        "--results",
+        str(tmp_path / "results"),
+        "--tracking-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+    ]
     with pytest.raises(UserError) as e:  # inputs first
         run_verb(*argv)
     assert "missing staged data" in str(e.value) and "missing student model" in str(e.value)
@@ -274,13 +310,33 @@ def test_realscale_eval_checks_its_inputs_before_the_engine(tmp_path):
     from workbench.backends.verl import realscale as R
 
     with pytest.raises(UserError, match="does not exist; stage the benchmarks"):
-        run_verb("realscale-eval", str(tmp_path), "--out", str(tmp_path / "o"), "--engine", "transformers",
-                 "--benchmark", "aime24", "--source", f"aime24={tmp_path}/missing.parquet")
+        run_verb(
+            "realscale-eval",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "o"),
+            "--engine",
+            "transformers",
+            "--benchmark",
+            "aime24",
+            "--source",
+            f"aime24={tmp_path}/missing.parquet",
+        )
     bench = tmp_path / "aime24.jsonl"
     bench.write_text(json.dumps({"problem": "p", "answer": "1"}) + "\n")
     with pytest.raises(UserError, match="no config.json"):
-        run_verb("realscale-eval", str(tmp_path / "no-model"), "--out", str(tmp_path / "o"), "--engine", "transformers",
-                 "--benchmark", "aime24", "--source", f"aime24={bench}")
+        run_verb(
+            "realscale-eval",
+            str(tmp_path / "no-model"),
+            "--out",
+            str(tmp_path / "o"),
+            "--engine",
+            "transformers",
+            "--benchmark",
+            "aime24",
+            "--source",
+            f"aime24={bench}",
+        )
     assert R.looks_local("data/verl/bench/aime24.parquet") and not R.looks_local("HuggingFaceH4/aime_2024")
 
 

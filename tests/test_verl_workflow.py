@@ -79,8 +79,15 @@ finally:
 
 def dry_run(out: Path, *args: str) -> list[dict]:
     snakemake_args = ["-n", "--nolock", "--profile", "profiles/slurm", *args]
-    r = subprocess.run([sys.executable, "-c", DUMP, str(out), *snakemake_args], cwd=REPO, capture_output=True,
-                       text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    r = subprocess.run(
+        [sys.executable, "-c", DUMP, str(out), *snakemake_args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return json.loads(out.read_text())
 
@@ -108,7 +115,7 @@ def verb_parser():
 def verb_argv(shell: str, verb: str) -> list[str]:
     """The verb's arguments in a rule's shell command (the parent MLflow run is <TBD> in a dry run)."""
     argv = [a for a in shlex.split(shell) if a != "<TBD>"]
-    return argv[argv.index(verb):]
+    return argv[argv.index(verb) :]
 
 
 def launch_plan(argv: list[str], capsys) -> dict[str, list[str]]:
@@ -238,8 +245,9 @@ def test_the_workflows_commands_log_runs_that_make_table1(paper, tmp_path, monke
         args = verb_parser().parse_args(argv)
         cfg = load_config(RUNS / f"{run}.yaml")
         job = build_job(cfg, load_scale(args.scale), seed=args.seed, experiment=args.experiment, results=args.results)
-        run_id, uri = launch.ensure_mlflow_run(job, cfg, experiment=args.experiment,
-                                               parent_run_id=grid["parent_run_id"], tracking_uri=None)
+        run_id, uri = launch.ensure_mlflow_run(
+            job, cfg, experiment=args.experiment, parent_run_id=grid["parent_run_id"], tracking_uri=None
+        )
         steps = job.steps
         MlflowClient(uri).log_metric(run_id, "training/global_step", steps, step=steps)  # what verl logs
         launch.end_mlflow_run({"MLFLOW_RUN_ID": run_id, "MLFLOW_TRACKING_URI": uri}, "FINISHED")
@@ -259,8 +267,13 @@ def test_the_workflows_commands_log_runs_that_make_table1(paper, tmp_path, monke
     assert main(shell_argv(one(jobs, "collect"), "collect")) == 0
     collected = f"{root}/paper/collect"
     runs = pd.read_parquet(f"{collected}/runs.parquet")
-    assert set(zip(runs["run"], runs["seed"])) == {*((r, 0) for r in table1_runs), ("sgopd", 1),
-                                                   ("student-init", 0), ("teacher", 0), ("sgopd@90%", 0)}
+    assert set(zip(runs["run"], runs["seed"])) == {
+        *((r, 0) for r in table1_runs),
+        ("sgopd", 1),
+        ("student-init", 0),
+        ("teacher", 0),
+        ("sgopd@90%", 0),
+    }
     assert set(runs["backend"]) == {"verl"}
     extra_rows = runs[runs["kind"] == "eval"]
     assert sorted(extra_rows["run"]) == sorted(EXTRA_EVALS.values()) and set(extra_rows["group"]) == {"extra"}
@@ -320,8 +333,9 @@ def test_the_mlflow_run_file_is_written_where_evaluation_reads_it(paper, monkeyp
     args = verb_parser().parse_args(verb_argv(t["shell"], "verl-launch"))
     cfg = load_config(RUNS / "sgopd.yaml")
     job = build_job(cfg, load_scale(args.scale), seed=args.seed, experiment=args.experiment, results=args.results)
-    run_id, _ = launch.ensure_mlflow_run(job, cfg, experiment=args.experiment, parent_run_id=None,
-                                         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    run_id, _ = launch.ensure_mlflow_run(
+        job, cfg, experiment=args.experiment, parent_run_id=None, tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"
+    )
     written = Path(eval_args(e["shell"]).mlflow_run_file)
     assert json.loads(written.read_text())["run_id"] == run_id
 
@@ -372,8 +386,18 @@ def test_evaluation_reads_the_run_file_before_it_evaluates(tmp_path):
     """A missing verl_run.json stops realscale-eval at once, not after hours of sampling."""
     from workbench.errors import UserError
 
-    args = verb_parser().parse_args(["realscale-eval", str(tmp_path / "no-model"), "--engine", "transformers",
-                                     "--out", str(tmp_path / "eval"), "--mlflow-run-file", str(tmp_path / "verl_run.json")])
+    args = verb_parser().parse_args(
+        [
+            "realscale-eval",
+            str(tmp_path / "no-model"),
+            "--engine",
+            "transformers",
+            "--out",
+            str(tmp_path / "eval"),
+            "--mlflow-run-file",
+            str(tmp_path / "verl_run.json"),
+        ]
+    )
     with pytest.raises(UserError, match="--mlflow-run-file .*verl_run.json: no such file"):
         args.handler(args)
     assert not (tmp_path / "eval").exists()
@@ -383,8 +407,16 @@ def test_an_extra_evaluation_is_checked_before_it_evaluates(tmp_path, monkeypatc
     """realscale-eval --grid: a label is needed, and a SQLite store is refused inside a SLURM job."""
     from workbench.errors import UserError
 
-    base = ["realscale-eval", str(tmp_path / "no-model"), "--engine", "transformers", "--out", str(tmp_path / "eval"),
-            "--grid", str(tmp_path / "grid.json")]
+    base = [
+        "realscale-eval",
+        str(tmp_path / "no-model"),
+        "--engine",
+        "transformers",
+        "--out",
+        str(tmp_path / "eval"),
+        "--grid",
+        str(tmp_path / "grid.json"),
+    ]
     with pytest.raises(UserError, match="--grid needs --label"):
         args = verb_parser().parse_args(base)
         args.handler(args)

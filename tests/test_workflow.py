@@ -22,12 +22,13 @@ pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not
 
 
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True, check=check,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True, check=check, env={**os.environ, **(env or {})}
+    )
 
 
 def job_counts(out: str) -> dict[str, int]:
-    table = out[out.index("Job stats:"):]
+    table = out[out.index("Job stats:") :]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
@@ -59,8 +60,7 @@ def test_dry_run_on_a_fresh_clone_lists_every_job(scale, fresh_clone, tmp_path):
 
 
 def test_subsets_and_stage_dependencies(tmp_path):
-    out = snakemake("-n", "--config", "scale=smoke", "seeds=[0,1]", "runs=[opd,timesep-1.5]",
-                    f"results={tmp_path}").stdout
+    out = snakemake("-n", "--config", "scale=smoke", "seeds=[0,1]", "runs=[opd,timesep-1.5]", f"results={tmp_path}").stdout
     counts = job_counts(out)
     # timesep-1.5 starts from timesep-stage1's checkpoint, so stage 1 trains too.
     assert counts["train"] == 2 * 3
@@ -91,8 +91,15 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
 
 
 def _run_workflow(args: list[str], env: dict, timeout: float = 900) -> str:
-    r = subprocess.run([str(SNAKEMAKE), "--cores", "2", "--nolock", *args], cwd=REPO, capture_output=True, text=True,
-                       env={**os.environ, **env}, timeout=timeout, check=False)
+    r = subprocess.run(
+        [str(SNAKEMAKE), "--cores", "2", "--nolock", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout + r.stderr
 
@@ -114,7 +121,8 @@ def check_smoke_outputs(results: Path, tracking_uri: str, runs: list[str], seeds
     assert sorted(trained) == sorted((run, str(s)) for run in runs for s in seeds)  # one MLflow run each
     assert all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["run"] for r in children if r.data.tags.get("workbench.kind") == "eval"} == {
-        G.EXTRA_EVALS[e] for e in G.extra_evals(runs)}
+        G.EXTRA_EVALS[e] for e in G.extra_evals(runs)
+    }
 
 
 def test_smoke_subset_end_to_end_and_an_interrupted_workflow_resumes(tmp_path):
@@ -122,8 +130,13 @@ def test_smoke_subset_end_to_end_and_an_interrupted_workflow_resumes(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": uri}
     args = ["--config", "scale=smoke", "seeds=[0]", f"runs=[{','.join(runs)}]", f"results={tmp_path}"]
-    proc = subprocess.Popen([str(SNAKEMAKE), "--cores", "2", "--nolock", *args], cwd=REPO, env={**os.environ, **env},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(SNAKEMAKE), "--cores", "2", "--nolock", *args],
+        cwd=REPO,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         # Stage 2 starts only once Snakemake has recorded stage 1 as finished, so at least
         # one train job is complete when the workflow is interrupted (an eval.json alone may

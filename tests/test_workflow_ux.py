@@ -22,21 +22,33 @@ needs_snakemake = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake i
 
 
 def snakemake(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run([str(SNAKEMAKE), *args], cwd=cwd, capture_output=True, text=True,
-                       env={**os.environ, **(env or {})}, timeout=600, check=False)
+    r = subprocess.run(
+        [str(SNAKEMAKE), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=600,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r
 
 
 def job_counts(out: str) -> dict[str, int]:
-    table = out[out.index("Job stats:"):]
+    table = out[out.index("Job stats:") :]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.MULTILINE)}
 
 
 def checkout_copy(dest: Path) -> Path:
     """The checkout's files that git would commit (tracked and new, not ignored): no results/, .snakemake/, .venv."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     for name in filter(None, files.stdout.split("\0")):
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
@@ -91,8 +103,14 @@ def _unlock_module():
 
 
 def _unlock(cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "workflow" / "unlock_stale.py")], cwd=cwd, capture_output=True,
-                          text=True, timeout=60, check=True)
+    return subprocess.run(
+        [sys.executable, str(REPO / "workflow" / "unlock_stale.py")],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
 
 
 def test_stale_lock_is_removed_only_when_no_process_of_the_checkout_runs(tmp_path):
@@ -100,8 +118,7 @@ def test_stale_lock_is_removed_only_when_no_process_of_the_checkout_runs(tmp_pat
     locks.mkdir(parents=True)
     (locks / "0.output.lock").write_text(f"{tmp_path}/results/mini/grid.json\n")
     # A train job of the killed Snakemake, still running in this checkout.
-    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "workbench", "train"],
-                              cwd=tmp_path)
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "-m", "workbench", "train"], cwd=tmp_path)
     try:
         deadline = time.time() + 30
         while orphan.pid not in [pid for pid, _ in _unlock_module().holders(tmp_path.resolve())]:
@@ -120,12 +137,18 @@ def test_stale_lock_is_removed_only_when_no_process_of_the_checkout_runs(tmp_pat
 
 def test_only_snakemake_and_workbench_commands_hold_a_lock():
     command = _unlock_module().COMMAND
-    for held in ("/x/.venv/bin/snakemake --cores 2", "python -m snakemake --target-jobs x",
-                 "/bin/bash -c set -euo pipefail; WORKBENCH_STATUS_FD=3 /x/python -m workbench train a.yaml",
-                 "/x/.venv/bin/workbench prepare --out w"):
+    for held in (
+        "/x/.venv/bin/snakemake --cores 2",
+        "python -m snakemake --target-jobs x",
+        "/bin/bash -c set -euo pipefail; WORKBENCH_STATUS_FD=3 /x/python -m workbench train a.yaml",
+        "/x/.venv/bin/workbench prepare --out w",
+    ):
         assert command.search(held), held
-    for free in ("/home/me/sgopd-workbench/.venv/bin/python -m pytest", "vim /home/me/workbench/Snakefile",
-                 "mlflow ui --backend-store-uri sqlite:///results/mlflow.db"):
+    for free in (
+        "/home/me/sgopd-workbench/.venv/bin/python -m pytest",
+        "vim /home/me/workbench/Snakefile",
+        "mlflow ui --backend-store-uri sqlite:///results/mlflow.db",
+    ):
         assert not command.search(free), free
 
 
@@ -141,9 +164,15 @@ def test_make_reproduce_starts_after_a_hard_kill(tmp_path):
     (locks / "0.output.lock").write_text(f"{target}\n")
     args = f"{target} --config scale=smoke results={results}"
     # `-o setup`: the environment is this one (VENV), not installed again into the copy.
-    r = subprocess.run(["make", "-o", "setup", "reproduce", f"VENV={BIN.parent}", f"ARGS={args}"], cwd=clone,
-                       capture_output=True, text=True, timeout=600, check=False,
-                       env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    r = subprocess.run(
+        ["make", "-o", "setup", "reproduce", f"VENV={BIN.parent}", f"ARGS={args}"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "removed a stale Snakemake lock" in r.stderr and target.exists()
 
@@ -151,10 +180,15 @@ def test_make_reproduce_starts_after_a_hard_kill(tmp_path):
 # -- progress ---------------------------------------------------------------------------------
 @needs_snakemake
 def test_the_prepare_job_shows_its_stages_on_the_terminal_and_keeps_them_in_its_log(tmp_path):
-    r = snakemake("--cores", "2", "--nolock", f"{tmp_path}/smoke/world/manifest.json",
-                  "--config", "scale=smoke", f"results={tmp_path}")
-    for line in ("prepare: building the smoke world", "prepare: training teacher (step 6/6",
-                 "prepare: evaluating student", "prepare: world ready"):
+    r = snakemake(
+        "--cores", "2", "--nolock", f"{tmp_path}/smoke/world/manifest.json", "--config", "scale=smoke", f"results={tmp_path}"
+    )
+    for line in (
+        "prepare: building the smoke world",
+        "prepare: training teacher (step 6/6",
+        "prepare: evaluating student",
+        "prepare: world ready",
+    ):
         assert line in r.stderr, line
     log = (tmp_path / "smoke" / "logs" / "prepare.log").read_text()
     assert "prepare: building the smoke world" in log and "prepare: world ready" in log
@@ -180,8 +214,15 @@ def test_training_reports_start_resume_evaluation_and_a_finished_run(smoke_world
     run_dir = tmp_path / "opd" / "seed0"
 
     def train(on_eval=None):
-        train_run(REPO / "experiments" / "runs" / "opd.yaml", run_dir=run_dir, world=smoke_world, scale="smoke",
-                  experiment="ux-test", overrides=["seed=0"], on_eval=on_eval)
+        train_run(
+            REPO / "experiments" / "runs" / "opd.yaml",
+            run_dir=run_dir,
+            world=smoke_world,
+            scale="smoke",
+            experiment="ux-test",
+            overrides=["seed=0"],
+            on_eval=on_eval,
+        )
         return capsys.readouterr().err
 
     def interrupt(step, result):
@@ -202,8 +243,16 @@ def test_training_reports_start_resume_evaluation_and_a_finished_run(smoke_world
     os.close(write_end)
     with os.fdopen(read_end) as f:
         terminal = f.read().splitlines()
-    expected = ["training, 4 steps", "step 1/4, about", "step 2/4, about", "resuming from step 2/4",
-                "step 3/4, about", "evaluating the final model", "done, avg@2", "already finished"]
+    expected = [
+        "training, 4 steps",
+        "step 1/4, about",
+        "step 2/4, about",
+        "resuming from step 2/4",
+        "step 3/4, about",
+        "evaluating the final model",
+        "done, avg@2",
+        "already finished",
+    ]
     assert [e for e in expected for ln in terminal if ln.startswith(f"train opd seed0: {e}")] == expected, terminal
 
 
@@ -211,22 +260,30 @@ def test_a_world_that_is_up_to_date_says_so(smoke_world, capsys):
     from workbench.mini.prepare import prepare
 
     prepare(smoke_world, seed=0, scale="smoke", verbose=True)
-    assert re.search(rf"prepare: the smoke world in {re.escape(str(smoke_world))} is up to date \(hash \w+\), "
-                     "nothing to do", capsys.readouterr().err)
+    assert re.search(
+        rf"prepare: the smoke world in {re.escape(str(smoke_world))} is up to date \(hash \w+\), "
+        "nothing to do",
+        capsys.readouterr().err,
+    )
 
 
 def test_status_lines_reach_the_descriptor_the_rule_passes(tmp_path):
     # The Snakefile's plumbing: descriptor 3 is Snakemake's stderr, the rest goes to the log.
     log = tmp_path / "job.log"
     code = "from workbench.status import status; status('stage one'); status('tick', stderr=False); print('detail')"
-    r = subprocess.run(["bash", "-c", f"WORKBENCH_STATUS_FD=3 {sys.executable} -c \"{code}\" 3>&2 > {log} 2>&1"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        ["bash", "-c", f'WORKBENCH_STATUS_FD=3 {sys.executable} -c "{code}" 3>&2 > {log} 2>&1'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert r.stderr == "stage one\ntick\n"
     assert log.read_text() == "stage one\ndetail\n"
     # A child process gets no descriptor number from the environment (its 3 may be any file).
     code = "import os, workbench.status; print(os.environ.get('WORKBENCH_STATUS_FD'))"
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "WORKBENCH_STATUS_FD": "3"},
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "WORKBENCH_STATUS_FD": "3"}, capture_output=True, text=True, check=True
+    )
     assert r.stdout == "None\n"
 
 
@@ -280,8 +337,14 @@ def test_the_readmes_notebook_command_runs_after_setup(smoke_store, tmp_path):
     command = next(ln for ln in readme.splitlines() if "figures.ipynb" in ln and ln.lstrip().startswith("SGOPD_"))
     assert ".venv/bin/jupyter " in command
     out = tmp_path / "figs"
-    r = subprocess.run(["bash", "-c", command.replace(".venv/bin/", f"{BIN}/")], cwd=REPO, capture_output=True,
-                       text=True, timeout=600, check=False,
-                       env={**os.environ, "SGOPD_TRACKING_URI": smoke_store, "SGOPD_FIGURES_DIR": str(out)})
+    r = subprocess.run(
+        ["bash", "-c", command.replace(".venv/bin/", f"{BIN}/")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "SGOPD_TRACKING_URI": smoke_store, "SGOPD_FIGURES_DIR": str(out)},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (out / "fig4_avg_bars.png").stat().st_size > 5_000

@@ -23,6 +23,7 @@ class _Parser(argparse.ArgumentParser):
 
 # -- argument types: a bad value is refused while parsing, before anything runs -----------
 
+
 def _number(kind: type, *, low: float, low_open: bool = False, high: float | None = None, what: str):
     def parse(text: str):
         try:
@@ -56,6 +57,7 @@ def _scale(text: str) -> str:
 
 # -- paths: checked before anything is computed or created ------------------------------
 
+
 def _input(path: str | Path, what: str) -> Path:
     """An existing input file."""
     from workbench.errors import UserError
@@ -76,8 +78,10 @@ def _output(path: str | Path, what: str, *, directory: bool) -> Path:
 
     p = Path(path)
     if p.exists() and p.is_dir() != directory:
-        raise UserError(f"{what} {p}: is a {'file' if directory else 'directory'}, expected a "
-                        f"{'directory' if directory else 'file'}; pass another path or move it away")
+        raise UserError(
+            f"{what} {p}: is a {'file' if directory else 'directory'}, expected a "
+            f"{'directory' if directory else 'file'}; pass another path or move it away"
+        )
     base = p if p.exists() else p.parent
     while not base.exists() and base != base.parent:
         base = base.parent
@@ -169,8 +173,10 @@ def _prepare(args: argparse.Namespace) -> int:
     man = prepare(args.out, seed=args.seed, scale=args.scale, force=args.force, verbose=True)
     for role, info in man["models"].items():
         acc = info["accuracy"]
-        print(f"{role}: {info['params']} params, greedy train {acc['greedy']['train_dist']:.3f}, "
-              f"bench avg greedy {acc['greedy']['bench_avg']:.3f} / sampled {acc['sampled_t1']['bench_avg']:.3f}")
+        print(
+            f"{role}: {info['params']} params, greedy train {acc['greedy']['train_dist']:.3f}, "
+            f"bench avg greedy {acc['greedy']['bench_avg']:.3f} / sampled {acc['sampled_t1']['bench_avg']:.3f}"
+        )
     print(f"world: {args.out} (hash {man['config_hash']})")
     return 0
 
@@ -185,15 +191,25 @@ def _train(args: argparse.Namespace) -> int:
     if cfg.backend != "mini":
         from workbench.errors import UserError
 
-        raise UserError(f"backend {cfg.backend!r}: `workbench train` runs the mini backend; "
-                        "verl jobs are launched with `workbench verl-launch` (docs/verl.md)")
+        raise UserError(
+            f"backend {cfg.backend!r}: `workbench train` runs the mini backend; "
+            "verl jobs are launched with `workbench verl-launch` (docs/verl.md)"
+        )
     _output(args.run_dir, "--run-dir", directory=True)
     _world(args.world)
     grid = _read_grid(args.grid)
     _threads(args.threads)
-    train_run(args.config, run_dir=args.run_dir, world=args.world, overrides=sets, scale=args.scale,
-              experiment=grid.get("experiment", args.experiment), parent_run_id=grid.get("parent_run_id"),
-              evaluate_final=not args.no_eval, restart=args.restart)
+    train_run(
+        args.config,
+        run_dir=args.run_dir,
+        world=args.world,
+        overrides=sets,
+        scale=args.scale,
+        experiment=grid.get("experiment", args.experiment),
+        parent_run_id=grid.get("parent_run_id"),
+        evaluate_final=not args.no_eval,
+        restart=args.restart,
+    )
     return 0
 
 
@@ -213,8 +229,18 @@ def _eval(args: argparse.Namespace) -> int:
     _world(args.world)
     _read_grid(args.grid)
     _threads(args.threads)
-    eval_model(args.model, world=args.world, out=args.out, config=args.config, overrides=args.set, scale=args.scale,
-               at_frac=args.at_frac, name=args.name, seed=args.seed, grid=args.grid)
+    eval_model(
+        args.model,
+        world=args.world,
+        out=args.out,
+        config=args.config,
+        overrides=args.set,
+        scale=args.scale,
+        at_frac=args.at_frac,
+        name=args.name,
+        seed=args.seed,
+        grid=args.grid,
+    )
     return 0
 
 
@@ -233,8 +259,9 @@ def _collect(args: argparse.Namespace) -> int:
     from workbench.analysis import collect
     from workbench.tracking import default_tracking_uri
 
-    out = collect(args.tracking_uri or default_tracking_uri(), grid["experiment"], args.out_dir,
-                  parent_run_id=grid["parent_run_id"])
+    out = collect(
+        args.tracking_uri or default_tracking_uri(), grid["experiment"], args.out_dir, parent_run_id=grid["parent_run_id"]
+    )
     print(f"collected {grid['experiment']} into {out}")
     return 0
 
@@ -267,8 +294,11 @@ def _report(args: argparse.Namespace) -> int:
 
     runs = Runs.read(args.collected)
     _output(args.out_dir, "--out-dir", directory=True)
-    print(write_report(runs, args.out_dir, make_figures=not args.reuse_figures,
-                       write_table_files=not args.reuse_tables, command=args.command))
+    print(
+        write_report(
+            runs, args.out_dir, make_figures=not args.reuse_figures, write_table_files=not args.reuse_tables, command=args.command
+        )
+    )
     return 0
 
 
@@ -287,9 +317,17 @@ def _search_context(args: argparse.Namespace, *, training: bool = False, threads
     main), so that a scheduler's stop re-queues the running trial instead of losing it."""
     from workbench.search.study import make_context
 
-    ctx = make_context(args.space, scale=args.scale, study=args.study, storage=args.storage, out=args.out,
-                       world=args.world, experiment=args.experiment, n_trials=args.trials,
-                       **{k: getattr(args, k) for k in ("heartbeat_s", "stale_after_s", "poll_s") if hasattr(args, k)})
+    ctx = make_context(
+        args.space,
+        scale=args.scale,
+        study=args.study,
+        storage=args.storage,
+        out=args.out,
+        world=args.world,
+        experiment=args.experiment,
+        n_trials=args.trials,
+        **{k: getattr(args, k) for k in ("heartbeat_s", "stale_after_s", "poll_s") if hasattr(args, k)},
+    )
     _output(args.out, "--out", directory=True)
     if training:
         _threads(threads)
@@ -305,8 +343,9 @@ def _search(args: argparse.Namespace) -> int:
         from workbench.search.space import corner
 
         ctx = _search_context(args)
-        print(f"ok: {args.space}: study {ctx.study_name}, {ctx.space.n_trials} trials, scale {ctx.scale}, "
-              f"storage {ctx.storage_url}")
+        print(
+            f"ok: {args.space}: study {ctx.study_name}, {ctx.space.n_trials} trials, scale {ctx.scale}, storage {ctx.storage_url}"
+        )
         for which in ("low", "high"):
             print(f"  {which} corner: {corner(ctx.space, which)}")
         return 0
@@ -334,23 +373,43 @@ def _search_report(args: argparse.Namespace) -> int:
 
 def _search_args(p: argparse.ArgumentParser, *, worker: bool) -> None:
     p.add_argument("space", help="search space YAML (experiments/search/)")
-    p.add_argument("--study", default=None, help="study name (default: the space's name, suffixed with --scale "
-                   "when it differs from the space's)")
-    p.add_argument("--storage", default=None, help="an RDB URL (sqlite:///..., postgresql://...) or a journal file "
-                   "(default: OUT/STUDY/optuna.journal)")
+    p.add_argument(
+        "--study",
+        default=None,
+        help="study name (default: the space's name, suffixed with --scale when it differs from the space's)",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="an RDB URL (sqlite:///..., postgresql://...) or a journal file (default: OUT/STUDY/optuna.journal)",
+    )
     p.add_argument("--scale", type=_scale, default=None, help="scale of experiments/scales (default: the space's)")
-    p.add_argument("--trials", type=_positive_int, default=None, help="number of trials of the study "
-                   "(default: the space's n_trials; part of the study's identity, like the space)")
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=None,
+        help="number of trials of the study (default: the space's n_trials; part of the study's identity, like the space)",
+    )
     p.add_argument("--world", default=None, help="prepared world (default: results/SCALE/world)")
     p.add_argument("--out", default="results/search", help="trial run directories go to OUT/STUDY (default: %(default)s)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default: sgopd-search-SCALE)")
     p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads per worker")
     if worker:
-        p.add_argument("--heartbeat", dest="heartbeat_s", type=_positive_float, default=30.0,
-                       help="seconds between a running trial's heartbeats (default: %(default)s)")
-        p.add_argument("--stale-after", dest="stale_after_s", type=_positive_float, default=600.0,
-                       help="a trial of another machine without heartbeat for this long is re-queued; on this "
-                       "machine a dead worker's trial is re-queued at once (default: %(default)s)")
+        p.add_argument(
+            "--heartbeat",
+            dest="heartbeat_s",
+            type=_positive_float,
+            default=30.0,
+            help="seconds between a running trial's heartbeats (default: %(default)s)",
+        )
+        p.add_argument(
+            "--stale-after",
+            dest="stale_after_s",
+            type=_positive_float,
+            default=600.0,
+            help="a trial of another machine without heartbeat for this long is re-queued; on this "
+            "machine a dead worker's trial is re-queued at once (default: %(default)s)",
+        )
         p.add_argument("--poll", dest="poll_s", type=_positive_float, default=2.0, help="idle worker poll seconds")
 
 
@@ -385,23 +444,32 @@ def build_parser() -> argparse.ArgumentParser:
     config = verbs.add_parser("config", help="validate and show run configs")
     config_verbs = config.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
     check = config_verbs.add_parser(
-        "check", help="validate run config files and print the resolved configs",
+        "check",
+        help="validate run config files and print the resolved configs",
         description="Validate YAML run configs (each lists only what differs from the defaults) "
         "and print the resolved config. Exits 2 if any file is invalid, like every user error.",
     )
     check.add_argument("files", nargs="+", metavar="FILE")
-    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a field, e.g. --set gate.lambda_high=1.5 (repeatable)")
+    check.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set gate.lambda_high=1.5 (repeatable)",
+    )
     check.add_argument("-q", "--quiet", action="store_true", help="print one line per file")
     check.set_defaults(handler=_config_check)
     defaults = config_verbs.add_parser("defaults", help="print the fully resolved default config of a method")
     defaults.add_argument("--method", choices=METHODS.names(), default="sgopd")
     defaults.set_defaults(handler=_config_defaults)
 
-    prep = verbs.add_parser("prepare", help="build the miniature world: data, tokenizer, teacher and student",
-                            description="Generate the synthetic task, train the teacher and the student from "
-                            "scratch (deterministic from --seed) and cache them with a manifest. "
-                            "Reuses the cache when the config hash matches.")
+    prep = verbs.add_parser(
+        "prepare",
+        help="build the miniature world: data, tokenizer, teacher and student",
+        description="Generate the synthetic task, train the teacher and the student from "
+        "scratch (deterministic from --seed) and cache them with a manifest. "
+        "Reuses the cache when the config hash matches.",
+    )
     prep.add_argument("--out", default="results/mini/world", help="world directory (default: %(default)s)")
     prep.add_argument("--scale", default="mini", choices=("mini", "smoke"))
     prep.add_argument("--seed", type=_seed, default=0)
@@ -409,26 +477,39 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     prep.set_defaults(handler=_prepare)
 
-    tr = verbs.add_parser("train", help="train one run (resumes from its last checkpoint)",
-                          description="Train a run config with its backend, log to MLflow and metrics.jsonl, "
-                          "then evaluate the final model. A run directory with checkpoints resumes.")
+    tr = verbs.add_parser(
+        "train",
+        help="train one run (resumes from its last checkpoint)",
+        description="Train a run config with its backend, log to MLflow and metrics.jsonl, "
+        "then evaluate the final model. A run directory with checkpoints resumes.",
+    )
     tr.add_argument("config", help="run config YAML")
     tr.add_argument("--run-dir", required=True, help="output directory of this run")
     _common_run_args(tr)
     tr.add_argument("--experiment", default="sgopd-mini", help="MLflow experiment without --grid (default: %(default)s)")
     tr.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    tr.add_argument("--restart", action="store_true", help="discard what --run-dir holds (a finished or stopped "
-                    "run, of any config; its MLflow run stays) and train afresh")
+    tr.add_argument(
+        "--restart",
+        action="store_true",
+        help="discard what --run-dir holds (a finished or stopped run, of any config; its MLflow run stays) and train afresh",
+    )
     tr.set_defaults(handler=_train)
 
-    ev = verbs.add_parser("eval", help="evaluate a model: avg@k and pass@k per benchmark and AVG",
-                          description="MODEL is a model directory, a run directory with --at-frac, or one of "
-                          "'student-init' and 'teacher' (the prepared world's models).")
+    ev = verbs.add_parser(
+        "eval",
+        help="evaluate a model: avg@k and pass@k per benchmark and AVG",
+        description="MODEL is a model directory, a run directory with --at-frac, or one of "
+        "'student-init' and 'teacher' (the prepared world's models).",
+    )
     ev.add_argument("model")
     ev.add_argument("--out", required=True, help="where to write the results JSON")
     ev.add_argument("--config", default=None, help="run config whose eval section to use (default: defaults)")
-    ev.add_argument("--at-frac", type=_fraction, default=None, help="with a run directory: its checkpoint at this "
-                    "fraction of its steps (sgopd@90%%: 0.9)")
+    ev.add_argument(
+        "--at-frac",
+        type=_fraction,
+        default=None,
+        help="with a run directory: its checkpoint at this fraction of its steps (sgopd@90%%: 0.9)",
+    )
     ev.add_argument("--name", default=None, help="label of this evaluation (e.g. student-init, sgopd@90%%)")
     _common_run_args(ev)
     ev.set_defaults(handler=_eval)
@@ -444,8 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out-dir", required=True)
     co.add_argument("--tracking-uri", default=None, help="default: MLFLOW_TRACKING_URI or results/mlflow.db")
     co.set_defaults(handler=_collect)
-    for verb, fn, what in (("tables", _tables, "Tables 1-3 as Markdown, LaTeX and CSV, beside the paper's numbers"),
-                           ("figures", _figures, "Figs 4-7 and the PTS schedule, PNG and PDF")):
+    for verb, fn, what in (
+        ("tables", _tables, "Tables 1-3 as Markdown, LaTeX and CSV, beside the paper's numbers"),
+        ("figures", _figures, "Figs 4-7 and the PTS schedule, PNG and PDF"),
+    ):
         p = verbs.add_parser(verb, help=f"render {what}")
         p.add_argument("--collected", required=True, help="snapshot directory from `workbench collect`")
         p.add_argument("--out-dir", required=True)
@@ -463,23 +546,32 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--title", default="Conflict-token case study")
     cs.set_defaults(handler=_casestudy)
 
-    se = verbs.add_parser("search", help="Optuna search over run-config fields (parallel, resumable, MLflow-tracked)",
-                          description="Validate the search space, create or resume the study, run --workers worker "
-                          "processes on it, then evaluate the best trial once on the benchmarks and write the report. "
-                          "Rerunning the same command resumes a stopped study: a trial left running by a killed worker "
-                          "resumes from its checkpoint.")
+    se = verbs.add_parser(
+        "search",
+        help="Optuna search over run-config fields (parallel, resumable, MLflow-tracked)",
+        description="Validate the search space, create or resume the study, run --workers worker "
+        "processes on it, then evaluate the best trial once on the benchmarks and write the report. "
+        "Rerunning the same command resumes a stopped study: a trial left running by a killed worker "
+        "resumes from its checkpoint.",
+    )
     _search_args(se, worker=True)
     se.add_argument("--workers", type=_nonneg_int, default=1, help="worker processes (0: set the study up only; default: 1)")
-    se.add_argument("--reports", default="reports/search", help="report directory; the report goes to REPORTS/STUDY "
-                    "(default: %(default)s)")
+    se.add_argument(
+        "--reports", default="reports/search", help="report directory; the report goes to REPORTS/STUDY (default: %(default)s)"
+    )
     se.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     se.add_argument("--no-benchmarks", action="store_true", help="report without the benchmark evaluation")
     se.add_argument("--check", action="store_true", help="validate the space, print it and exit")
     se.set_defaults(handler=_search)
-    sw = verbs.add_parser("search-worker", help="run trials of an existing study until none is left (one process)",
-                          description="One worker of `workbench search` (Snakemake starts several against one storage).")
+    sw = verbs.add_parser(
+        "search-worker",
+        help="run trials of an existing study until none is left (one process)",
+        description="One worker of `workbench search` (Snakemake starts several against one storage).",
+    )
     _search_args(sw, worker=True)
-    sw.add_argument("--max-trials", type=_positive_int, default=None, help="leave after this many trials (default: when none is left)")
+    sw.add_argument(
+        "--max-trials", type=_positive_int, default=None, help="leave after this many trials (default: when none is left)"
+    )
     sw.set_defaults(handler=_search_worker)
     sr = verbs.add_parser("search-report", help="evaluate a finished study's best trial on the benchmarks; write the report")
     _search_args(sr, worker=False)

@@ -111,9 +111,7 @@ class PTSConfig(_Section):
     @model_validator(mode="after")
     def _ordered_phases(self) -> PTSConfig:
         if self.phase1_end_frac >= self.phase2_end_frac:
-            raise ValueError(
-                f"phase1_end_frac ({self.phase1_end_frac}) must be < phase2_end_frac ({self.phase2_end_frac})"
-            )
+            raise ValueError(f"phase1_end_frac ({self.phase1_end_frac}) must be < phase2_end_frac ({self.phase2_end_frac})")
         return self
 
     def schedule_kwargs(self) -> dict[str, float]:
@@ -162,7 +160,6 @@ class TrainConfig(_Section):
     keep_checkpoints_at: tuple[Fraction, ...] = ()  # extra checkpoints, as fractions of steps
     init_from: str | None = None  # a run id of the same grid, or a checkpoint path
     sources: tuple[str, ...] | None = None  # training prompt sources; None: all
-
 
     @property
     def total_steps(self) -> int:
@@ -272,6 +269,7 @@ class RunConfig(_Section):
 
 # -- loading --------------------------------------------------------------------------
 
+
 def parse_config(data: Mapping[str, Any] | None, *, source: str = "config") -> RunConfig:
     """Validate a mapping into a ``RunConfig``, raising ``ConfigError`` naming each field."""
     if data is None:
@@ -289,8 +287,9 @@ def load_config(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] =
     path = Path(path)
     data = read_yaml(path, what="run config")
     if data is None:  # an empty file is a mistake (a wrong path, a lost edit), not "all defaults"
-        raise ConfigError(f"{path}: empty run config; list at least the method (e.g. `method: sgopd`), "
-                          "or `{}` for all defaults")
+        raise ConfigError(
+            f"{path}: empty run config; list at least the method (e.g. `method: sgopd`), or `{{}}` for all defaults"
+        )
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a run config must be a mapping, got {type(data).__name__}")
     return parse_config(_apply_overrides(data, overrides), source=str(path))
@@ -308,8 +307,9 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             try:
                 if key in seen:
-                    raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} "
-                                      f"(first on line {seen[key]}); keep one")
+                    raise ConfigError(
+                        f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first on line {seen[key]}); keep one"
+                    )
                 seen[key] = key_node.start_mark.line + 1
             except TypeError:
                 pass  # unhashable: SafeLoader's own error says so

@@ -73,9 +73,15 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
     unknown = set(d) - {"backend", "world", "seeds", "overrides", "threads", "caveat"}
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: backend, world, seeds, overrides, threads, caveat")
-    return Scale(name=name, backend=d.get("backend", "mini"), world=d.get("world"),
-                 seeds=tuple(d.get("seeds", [0])), overrides=d.get("overrides") or {}, threads=int(d.get("threads", 1)),
-                 caveat=d.get("caveat"))
+    return Scale(
+        name=name,
+        backend=d.get("backend", "mini"),
+        world=d.get("world"),
+        seeds=tuple(d.get("seeds", [0])),
+        overrides=d.get("overrides") or {},
+        threads=int(d.get("threads", 1)),
+        caveat=d.get("caveat"),
+    )
 
 
 def scale_overrides(scale: Scale) -> dict[str, Any]:
@@ -130,4 +136,3 @@ def extra_eval_args(extra: str, runs_root: str, seed: int | str) -> str:
     if extra == "sgopd-at90":
         return f"{runs_root}/sgopd/seed{seed} --at-frac 0.9 --name '{label}'"
     return f"{extra} --name {label}"
-

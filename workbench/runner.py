@@ -38,8 +38,9 @@ def read_grid(path: str | Path | None) -> dict[str, Any]:
     try:
         grid = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UserError(f"no grid file at {path}; create it with `workbench grid-start --scale SCALE --out {path}`, "
-                        "or leave out --grid") from None
+        raise UserError(
+            f"no grid file at {path}; create it with `workbench grid-start --scale SCALE --out {path}`, or leave out --grid"
+        ) from None
     except ValueError as e:
         raise UserError(f"grid file {path} is unreadable ({e}); delete it and rerun `workbench grid-start`") from None
     if not isinstance(grid, dict) or not {"experiment", "parent_run_id"} <= grid.keys():
@@ -55,17 +56,31 @@ def start_grid(out: str | Path, *, experiment: str, scale: str) -> dict[str, Any
     from workbench.tracking import Tracker
 
     # The parent run's own directory keeps its tracking state beside the grid file.
-    with Tracker(out.with_suffix(".parent"), experiment=experiment, run_name=f"grid-{scale}",
-                 tags={"workbench.kind": "grid", "scale": scale}) as tracker:
+    with Tracker(
+        out.with_suffix(".parent"),
+        experiment=experiment,
+        run_name=f"grid-{scale}",
+        tags={"workbench.kind": "grid", "scale": scale},
+    ) as tracker:
         grid = {"experiment": experiment, "parent_run_id": tracker.run_id, "scale": scale}
     atomic_write_json(out, grid)
     return grid
 
 
-def train_run(config: str | Path | RunConfig, *, run_dir: str | Path, world: str | Path,
-              overrides: Overrides = (), scale: str | None = None, experiment: str = "sgopd-mini",
-              parent_run_id: str | None = None, evaluate_final: bool = True, tags: dict | None = None,
-              on_eval: Callable[[int, dict], None] | None = None, restart: bool = False) -> dict | None:
+def train_run(
+    config: str | Path | RunConfig,
+    *,
+    run_dir: str | Path,
+    world: str | Path,
+    overrides: Overrides = (),
+    scale: str | None = None,
+    experiment: str = "sgopd-mini",
+    parent_run_id: str | None = None,
+    evaluate_final: bool = True,
+    tags: dict | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+    restart: bool = False,
+) -> dict | None:
     """Train (or resume) one run and evaluate its final model; returns the evaluation.
 
     ``tags`` are added to the MLflow run's standard tags; ``on_eval(step, result)`` sees each
@@ -78,8 +93,10 @@ def train_run(config: str | Path | RunConfig, *, run_dir: str | Path, world: str
 
     cfg = resolve_config(config, scale=scale, overrides=overrides)
     if cfg.backend != "mini":
-        raise UserError(f"backend {cfg.backend!r}: `workbench train` runs the mini backend; "
-                        "verl jobs are launched with `workbench verl-launch` (docs/verl.md)")
+        raise UserError(
+            f"backend {cfg.backend!r}: `workbench train` runs the mini backend; "
+            "verl jobs are launched with `workbench verl-launch` (docs/verl.md)"
+        )
     from workbench.mini.trainer import train
 
     run_dir = Path(run_dir)
@@ -101,9 +118,15 @@ def train_run(config: str | Path | RunConfig, *, run_dir: str | Path, world: str
             else:
                 status(f"{run_label(cfg, run_dir)}: already finished ({done}), nothing to do")
                 return finished  # finished earlier: a rerun changes nothing
-        with Tracker(run_dir, experiment=experiment, run_name=f"{cfg.name or run_dir.name}-seed{cfg.seed}",
-                     tags={**standard_tags(cfg), **(tags or {})}, config=cfg.to_dict(),
-                     parent_run_id=parent_run_id, lock=lock) as tracker:
+        with Tracker(
+            run_dir,
+            experiment=experiment,
+            run_name=f"{cfg.name or run_dir.name}-seed{cfg.seed}",
+            tags={**standard_tags(cfg), **(tags or {})},
+            config=cfg.to_dict(),
+            parent_run_id=parent_run_id,
+            lock=lock,
+        ) as tracker:
             final = train(cfg, run_dir, world, tracker, on_eval=on_eval)
             if not evaluate_final:
                 return None
@@ -140,8 +163,10 @@ def open_world(path: str | Path):
     from workbench.mini.trainer import World
 
     if not (Path(path) / "manifest.json").is_file():
-        raise UserError(f"no prepared world at {path} (no manifest.json); build it with "
-                        f"`workbench prepare --scale SCALE --out {path}`, or pass --world")
+        raise UserError(
+            f"no prepared world at {path} (no manifest.json); build it with "
+            f"`workbench prepare --scale SCALE --out {path}`, or pass --world"
+        )
     return World.open(path)
 
 
@@ -149,8 +174,10 @@ def _check_train_inputs(cfg: RunConfig, run_dir: Path, world) -> None:
     """What would otherwise fail after the run directory and MLflow run exist."""
     from workbench.mini.trainer import resolve_init
 
-    for field, names, valid in (("train.sources", cfg.train.sources, world.sources),
-                                ("eval.benchmarks", cfg.eval.benchmarks, [*world.benchmark_names, "validation"])):
+    for field, names, valid in (
+        ("train.sources", cfg.train.sources, world.sources),
+        ("eval.benchmarks", cfg.eval.benchmarks, [*world.benchmark_names, "validation"]),
+    ):
         unknown = [n for n in names or () if n not in valid]
         if unknown:
             raise UserError(f"{field}: {unknown} not in the world at {world.root}; valid: {valid}")
@@ -169,8 +196,10 @@ def _check_holds_a_run(run_dir: Path) -> bool:
     something else. Hidden entries (the lock, temp files of a crash) do not count."""
     visible = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("."))
     if visible and not _RUN_MARKERS & set(visible):
-        raise UserError(f"{run_dir} is not empty and holds no run ({', '.join(visible[:3])}): training there "
-                        "would mix a run into it; pick an empty or new --run-dir")
+        raise UserError(
+            f"{run_dir} is not empty and holds no run ({', '.join(visible[:3])}): training there "
+            "would mix a run into it; pick an empty or new --run-dir"
+        )
     return bool(visible)
 
 
@@ -193,14 +222,17 @@ def _claim_run_dir(run_dir: Path, cfg: RunConfig, *, restart: bool) -> None:
     try:
         old = load_config(previous).config_hash()
     except UserError as e:
-        raise UserError(f"{previous} is unreadable ({e}); restore it, or pass --restart to discard "
-                        f"the run in {run_dir} and train afresh") from None
+        raise UserError(
+            f"{previous} is unreadable ({e}); restore it, or pass --restart to discard the run in {run_dir} and train afresh"
+        ) from None
     if old != cfg.config_hash():
         # A different config is a different run: resuming would mix two experiments, and
         # replacing it would lose a result (a forgotten --scale is enough to get here).
-        raise UserError(f"{run_dir} holds a run of another config (hash {old}; this one is {cfg.config_hash()}); "
-                        "nothing was changed: rerun with its config, pick another --run-dir, or pass --restart "
-                        "to discard that run and train afresh")
+        raise UserError(
+            f"{run_dir} holds a run of another config (hash {old}; this one is {cfg.config_hash()}); "
+            "nothing was changed: rerun with its config, pick another --run-dir, or pass --restart "
+            "to discard that run and train afresh"
+        )
 
 
 def resolve_model(model: str, world_root: Path, at_frac: float | None = None) -> Path:
@@ -220,17 +252,27 @@ def resolve_model(model: str, world_root: Path, at_frac: float | None = None) ->
         step = round(at_frac * cfg.train.total_steps)
         path = path / "checkpoints" / f"step-{step:06d}"
         if not path.exists():
-            raise UserError(f"no checkpoint at {at_frac:.0%} of the run's steps: {path} "
-                            "(list the fraction in train.keep_checkpoints_at)")
+            raise UserError(
+                f"no checkpoint at {at_frac:.0%} of the run's steps: {path} (list the fraction in train.keep_checkpoints_at)"
+            )
     if not path.exists():
-        raise UserError(f"no model at {path}; give a model directory, a run directory with --at-frac, "
-                        f"or one of {sorted(named)}")
+        raise UserError(f"no model at {path}; give a model directory, a run directory with --at-frac, or one of {sorted(named)}")
     return path
 
 
-def eval_model(model: str, *, world: str | Path, out: str | Path, config: str | None = None,
-               overrides: Overrides = (), scale: str | None = None, at_frac: float | None = None,
-               name: str | None = None, seed: int | None = None, grid: str | Path | None = None) -> dict:
+def eval_model(
+    model: str,
+    *,
+    world: str | Path,
+    out: str | Path,
+    config: str | None = None,
+    overrides: Overrides = (),
+    scale: str | None = None,
+    at_frac: float | None = None,
+    name: str | None = None,
+    seed: int | None = None,
+    grid: str | Path | None = None,
+) -> dict:
     """Evaluate a model, write the results JSON, and (with ``grid``) log an MLflow child run.
 
     ``name`` labels the evaluation (``student-init``, ``teacher``, ``sgopd@90%``); its run
@@ -253,17 +295,33 @@ def eval_model(model: str, *, world: str | Path, out: str | Path, config: str | 
     if g:
         from workbench.mini.evaluate import eval_metrics
 
-        log_eval_run(track_dir, g, label=name or Path(model).name, seed=cfg.seed, backend=cfg.backend,
-                     metrics=eval_metrics(result), result=result,
-                     config={"eval": cfg.eval.model_dump(mode="json"), "model": str(model)})
+        log_eval_run(
+            track_dir,
+            g,
+            label=name or Path(model).name,
+            seed=cfg.seed,
+            backend=cfg.backend,
+            metrics=eval_metrics(result),
+            result=result,
+            config={"eval": cfg.eval.model_dump(mode="json"), "model": str(model)},
+        )
     _print_eval(result)
     status(f"{what}: done, avg@{result['k']} {100 * result['avg_at_k']:.2f} ({out})")
     return result
 
 
-def log_eval_run(track_dir: str | Path, grid: Mapping[str, Any], *, label: str, seed: int, backend: str,
-                 metrics: Mapping[str, float], result: Mapping[str, Any], config: Mapping[str, Any],
-                 tracking_uri: str | None = None) -> str:
+def log_eval_run(
+    track_dir: str | Path,
+    grid: Mapping[str, Any],
+    *,
+    label: str,
+    seed: int,
+    backend: str,
+    metrics: Mapping[str, float],
+    result: Mapping[str, Any],
+    config: Mapping[str, Any],
+    tracking_uri: str | None = None,
+) -> str:
     """Log an evaluation-only model (``student-init``, ``teacher``, ``sgopd@90%``) as a child run
     of the grid, with the tags the analysis reads (``run=<label>``, ``seed``,
     ``workbench.kind=eval``, ``group=extra``, ``backend``); returns its MLflow run id.
@@ -273,8 +331,15 @@ def log_eval_run(track_dir: str | Path, grid: Mapping[str, Any], *, label: str, 
 
     shutil.rmtree(track_dir, ignore_errors=True)
     tags = {"run": label, "seed": str(seed), "workbench.kind": "eval", "group": "extra", "backend": backend}
-    with Tracker(track_dir, experiment=grid["experiment"], run_name=f"{label}-seed{seed}", tags=tags,
-                 config=config, parent_run_id=grid["parent_run_id"], tracking_uri=tracking_uri) as tracker:
+    with Tracker(
+        track_dir,
+        experiment=grid["experiment"],
+        run_name=f"{label}-seed{seed}",
+        tags=tags,
+        config=config,
+        parent_run_id=grid["parent_run_id"],
+        tracking_uri=tracking_uri,
+    ) as tracker:
         tracker.log_metrics(metrics, step=0)
         tracker.commit(0)
         tracker.log_dict(dict(result), "eval.json")
@@ -292,11 +357,16 @@ def _check_output(out: Path, track_dir: Path | None) -> None:
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}; pick a writable --out") from None
     if track_dir is not None and track_dir.exists():
-        other = sorted({p.name for p in track_dir.iterdir() if not p.name.startswith('.')} - {METRICS_FILE, STATE_FILE}) \
-            if track_dir.is_dir() else [track_dir.name]
+        other = (
+            sorted({p.name for p in track_dir.iterdir() if not p.name.startswith(".")} - {METRICS_FILE, STATE_FILE})
+            if track_dir.is_dir()
+            else [track_dir.name]
+        )
         if other:
-            raise UserError(f"{track_dir} (this evaluation's tracking directory, replaced on a rerun) holds "
-                            f"other files ({', '.join(other[:3])}); move them or pick another --out")
+            raise UserError(
+                f"{track_dir} (this evaluation's tracking directory, replaced on a rerun) holds "
+                f"other files ({', '.join(other[:3])}); move them or pick another --out"
+            )
 
 
 def _listed(overrides: Overrides) -> dict[str, Any]:
@@ -314,9 +384,16 @@ def _evaluate(model_path: Path, world, cfg: RunConfig) -> dict:
 
     model = load_model(model_path).to("cuda" if torch.cuda.is_available() else "cpu")
     e = cfg.eval
-    return evaluate(model, world.benchmarks(e.benchmarks), n_samples=e.n_samples, k=e.k,
-                    temperature=e.temperature, top_p=e.top_p,
-                    max_new_tokens=e.max_new_tokens or world.max_new_tokens(), seed=cfg.seed)
+    return evaluate(
+        model,
+        world.benchmarks(e.benchmarks),
+        n_samples=e.n_samples,
+        k=e.k,
+        temperature=e.temperature,
+        top_p=e.top_p,
+        max_new_tokens=e.max_new_tokens or world.max_new_tokens(),
+        seed=cfg.seed,
+    )
 
 
 def _log_eval(tracker, result: dict, step: int) -> None:

@@ -155,7 +155,7 @@ def display_uri(uri: str | None) -> str:
     uri = re.sub(r"//[^/@]+@", "//***@", uri or "?")
     if uri.startswith("sqlite:///"):
         with contextlib.suppress(ValueError):
-            return "sqlite:///" + str(Path(uri[len("sqlite:///"):]).relative_to(_repo_root().resolve()))
+            return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).relative_to(_repo_root().resolve()))
     return uri
 
 
@@ -532,6 +532,7 @@ class Tracker:
 
 # -- module helpers ---------------------------------------------------------------------------
 
+
 def ensure_experiment(client: Any, tracking_uri: str, name: str, *, call: Callable[..., Any] | None = None) -> str:
     """The id of MLflow experiment ``name``, created if absent, the one way every backend makes
     experiments: artifacts beside a SQLite store, and tagged as a model-training experiment so
@@ -549,12 +550,17 @@ def ensure_experiment(client: Any, tracking_uri: str, name: str, *, call: Callab
                 call(client.set_experiment_tag, exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return exp.experiment_id
         try:
-            return call(client.create_experiment, name, artifact_location=_artifact_location(tracking_uri, name),
-                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return call(
+                client.create_experiment,
+                name,
+                artifact_location=_artifact_location(tracking_uri, name),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         except MlflowException as e:  # another process created it first
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
     raise RuntimeError(f"could not create or find MLflow experiment {name!r}")
+
 
 def _retry_locked(fn: Callable[..., T], *args: Any, attempts: int = 10, **kwargs: Any) -> T:
     """Call ``fn``, retrying SQLite "database is locked" errors with jittered backoff.
@@ -605,8 +611,10 @@ def _store_lock(uri: str) -> Iterator[None]:
         db.parent.mkdir(parents=True, exist_ok=True)
         f = open(f"{db}.lock", "a")  # noqa: SIM115
     except OSError as e:
-        raise UserError(f"cannot create the MLflow store {db}: {e.strerror or e}; "
-                        "set MLFLOW_TRACKING_URI to a writable place (e.g. sqlite:////tmp/mlflow.db)") from e
+        raise UserError(
+            f"cannot create the MLflow store {db}: {e.strerror or e}; "
+            "set MLFLOW_TRACKING_URI to a writable place (e.g. sqlite:////tmp/mlflow.db)"
+        ) from e
     with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
@@ -617,8 +625,10 @@ def _raise_if_unwritable(uri: str, error: Exception) -> None:
     db = _sqlite_path(uri)
     text = str(error)
     if db is not None and any(s in text for s in ("unable to open database", "readonly database", "disk I/O error")):
-        raise UserError(f"cannot write the MLflow store {db} ({text.splitlines()[0][:200]}); "
-                        "check its permissions or set MLFLOW_TRACKING_URI to a writable place") from error
+        raise UserError(
+            f"cannot write the MLflow store {db} ({text.splitlines()[0][:200]}); "
+            "check its permissions or set MLFLOW_TRACKING_URI to a writable place"
+        ) from error
 
 
 def _try_lock(path: Path):
@@ -629,8 +639,9 @@ def _try_lock(path: Path):
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.close()
-        raise RunInUseError(f"{path.parent} is in use by another process (a Tracker holds {path}); "
-                            "wait for that run to end or stop it") from None
+        raise RunInUseError(
+            f"{path.parent} is in use by another process (a Tracker holds {path}); wait for that run to end or stop it"
+        ) from None
     return f  # held until closed, or until the process dies
 
 

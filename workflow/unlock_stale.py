@@ -51,12 +51,14 @@ def main(argv: list[str]) -> int:
     alive = holders(checkout)
     if alive:
         pids = "; ".join(f"pid {pid}: {cmd[:100]}" for pid, cmd in alive)
-        print(f"unlock: the Snakemake lock in {locks} is kept: processes of this checkout are running ({pids})",
-              file=sys.stderr)
+        print(f"unlock: the Snakemake lock in {locks} is kept: processes of this checkout are running ({pids})", file=sys.stderr)
         return 0
     shutil.rmtree(locks)  # what `snakemake --unlock` removes
-    print(f"unlock: removed a stale Snakemake lock ({locks}): no Snakemake or workbench process of this "
-          "checkout is running (a killed Snakemake leaves its lock behind)", file=sys.stderr)
+    print(
+        f"unlock: removed a stale Snakemake lock ({locks}): no Snakemake or workbench process of this "
+        "checkout is running (a killed Snakemake leaves its lock behind)",
+        file=sys.stderr,
+    )
     return 0
 
 

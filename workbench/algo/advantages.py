@@ -30,9 +30,7 @@ def grpo_advantage(rewards: Tensor, group_ids: Tensor, eps: float = 1e-6) -> Ten
     rewards = rewards.detach().to(torch.float32) if not rewards.is_floating_point() else rewards.detach()
     _, inv = torch.unique(group_ids, return_inverse=True)
     n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
-    count = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
-        0, inv, torch.ones_like(rewards)
-    )
+    count = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(0, inv, torch.ones_like(rewards))
     total = torch.zeros_like(count).index_add_(0, inv, rewards)
     dev = rewards - (total / count)[inv]
     sq = torch.zeros_like(count).index_add_(0, inv, dev * dev)

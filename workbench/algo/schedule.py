@@ -9,9 +9,7 @@ def _progress(step: int, total_steps: int, phase1_end_frac: float, phase2_end_fr
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
     if not 0.0 <= phase1_end_frac < phase2_end_frac <= 1.0:
-        raise ValueError(
-            f"need 0 <= phase1_end_frac < phase2_end_frac <= 1, got {phase1_end_frac}, {phase2_end_frac}"
-        )
+        raise ValueError(f"need 0 <= phase1_end_frac < phase2_end_frac <= 1, got {phase1_end_frac}, {phase2_end_frac}")
     return step / total_steps
 
 
@@ -64,8 +62,7 @@ def pts_teacher_prompts(
     """
     per_step = pts_prompts_per_step(prompts_per_step, teacher_sampling_ratio)
     active = sum(
-        pts_active(s, total_steps, phase1_end_frac=phase1_end_frac, phase2_end_frac=phase2_end_frac)
-        for s in range(total_steps)
+        pts_active(s, total_steps, phase1_end_frac=phase1_end_frac, phase2_end_frac=phase2_end_frac) for s in range(total_steps)
     )
     return per_step * active
 

@@ -24,14 +24,28 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Runs": "load", "load_runs": "load", "collect": "load",
-    "Paper": "paper", "load_paper": "paper",
-    "Estimate": "stats", "bootstrap": "stats", "mean_ci": "stats", "paired_difference": "stats",
-    "evaluate_claims": "stats", "verdict": "stats",
-    "table1": "tables", "table2": "tables", "table3": "tables", "make_tables": "tables", "write_tables": "tables",
-    "make_figures": "figures", "write_figures": "figures", "FIGURES": "figures",
+    "Runs": "load",
+    "load_runs": "load",
+    "collect": "load",
+    "Paper": "paper",
+    "load_paper": "paper",
+    "Estimate": "stats",
+    "bootstrap": "stats",
+    "mean_ci": "stats",
+    "paired_difference": "stats",
+    "evaluate_claims": "stats",
+    "verdict": "stats",
+    "table1": "tables",
+    "table2": "tables",
+    "table3": "tables",
+    "make_tables": "tables",
+    "write_tables": "tables",
+    "make_figures": "figures",
+    "write_figures": "figures",
+    "FIGURES": "figures",
     "write_report": "report",
-    "render_casestudy": "casestudy", "write_casestudy": "casestudy",
+    "render_casestudy": "casestudy",
+    "write_casestudy": "casestudy",
 }
 
 __all__ = [

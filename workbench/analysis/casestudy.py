@@ -63,8 +63,10 @@ def validate_rollouts(rollouts: Sequence[dict[str, Any]]) -> list[dict[str, Any]
                 raise ValueError(f"rollout {i}: missing {key!r}")
         n = len(r["tokens"])
         if len(r["token_class"]) != n or len(r["advantage"]) != n:
-            raise ValueError(f"rollout {i}: tokens, token_class and advantage differ in length "
-                             f"({n}, {len(r['token_class'])}, {len(r['advantage'])})")
+            raise ValueError(
+                f"rollout {i}: tokens, token_class and advantage differ in length "
+                f"({n}, {len(r['token_class'])}, {len(r['advantage'])})"
+            )
         bad = [c for c in r["token_class"] if int(c) not in CLASSES or int(c) != c]
         if bad:
             raise ValueError(f"rollout {i}: token_class must be +1, -1 or 0, got {bad[0]!r}")
@@ -83,10 +85,14 @@ def render_casestudy(rollouts: Sequence[dict[str, Any]], *, title: str = "Sign-c
     scale = max((abs(float(a)) for r in rollouts for a in r["advantage"] if math.isfinite(float(a))), default=0.0) or 1.0
     legend = " ".join(_token_html(name, cls, None, 0.6) for cls, (name, _) in CLASSES.items())
     parts = [
-        "<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">", f"<title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-        "<p class=\"legend\">Token classes (sign of the verifier advantage x sign of the OPD advantage): " + legend +
-        f"<br>Number under a token: its routed advantage; colour depth: |advantage| / {scale:.3g} "
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        '<p class="legend">Token classes (sign of the verifier advantage x sign of the OPD advantage): '
+        + legend
+        + f"<br>Number under a token: its routed advantage; colour depth: |advantage| / {scale:.3g} "
         "(the largest on this page). Hover a token for details.</p>",
     ]
     for i, r in enumerate(rollouts):
@@ -94,10 +100,15 @@ def render_casestudy(rollouts: Sequence[dict[str, Any]], *, title: str = "Sign-c
         meta = [f"rollout {i + 1}", f"reward {float(r['reward']):g}"]
         meta += [f"{k} {r[k]}" for k in ("run", "step") if k in r]
         meta += [f"{name} {n}" for name, n in counts.items()]
-        toks = "".join(_token_html(t, int(c), float(a), min(1.0, abs(float(a)) / scale) if math.isfinite(float(a)) else 1.0)
-                       for t, c, a in zip(r["tokens"], r["token_class"], r["advantage"]))
-        parts += [f"<div class=\"rollout\"><div class=\"meta\">{html.escape(' · '.join(meta))}</div>",
-                  f"<div class=\"prompt\">{html.escape(str(r['prompt']))}</div>", f"<div class=\"tokens\">{toks}</div></div>"]
+        toks = "".join(
+            _token_html(t, int(c), float(a), min(1.0, abs(float(a)) / scale) if math.isfinite(float(a)) else 1.0)
+            for t, c, a in zip(r["tokens"], r["token_class"], r["advantage"])
+        )
+        parts += [
+            f'<div class="rollout"><div class="meta">{html.escape(" · ".join(meta))}</div>',
+            f'<div class="prompt">{html.escape(str(r["prompt"]))}</div>',
+            f'<div class="tokens">{toks}</div></div>',
+        ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -106,8 +117,11 @@ def load_rollouts(path: str | Path) -> list[dict[str, Any]]:
     """The rollouts of a case-study JSON file; anything wrong with the file is a ``CaseStudyError``."""
     p = Path(path)
     if not p.is_file():
-        raise CaseStudyError(f"{p}: no such file (a run's casestudy.json)" if not p.exists() else
-                             f"{p}: is a directory, expected a run's casestudy.json")
+        raise CaseStudyError(
+            f"{p}: no such file (a run's casestudy.json)"
+            if not p.exists()
+            else f"{p}: is a directory, expected a run's casestudy.json"
+        )
     try:
         return validate_rollouts(json.loads(p.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, KeyError) as e:  # JSON and schema errors alike
@@ -118,8 +132,9 @@ class CaseStudyError(UserError, ValueError):
     """A case-study input file that is missing or does not follow the schema."""
 
 
-def write_casestudy(source: str | Path | Sequence[dict[str, Any]], out_path: str | Path, *,
-                    title: str = "Sign-conflict case study") -> Path:
+def write_casestudy(
+    source: str | Path | Sequence[dict[str, Any]], out_path: str | Path, *, title: str = "Sign-conflict case study"
+) -> Path:
     """Render the case study of ``source`` (a JSON path or the list itself) to ``out_path``."""
     rollouts = load_rollouts(source) if isinstance(source, (str, Path)) else list(source)
     out = Path(out_path)
@@ -132,7 +147,9 @@ def _token_html(text: str, cls: int, adv: float | None, depth: float) -> str:
     name, (r, g, b) = CLASSES[cls]
     alpha = 0.15 + 0.7 * depth
     tip = f"{name}" + ("" if adv is None else f"; advantage {adv:+.4g}")
-    under = "" if adv is None else f"<span class=\"a\">{adv:+.2f}</span>"
+    under = "" if adv is None else f'<span class="a">{adv:+.2f}</span>'
     shown = html.escape(text if adv is None else text.replace("\n", "\u21b5"))
-    return (f"<span class=\"tok {name}\" style=\"background: rgba({r},{g},{b},{alpha:.2f})\" "
-            f"title=\"{html.escape(tip)}\"><span class=\"t\">{shown}</span>{under}</span>")
+    return (
+        f'<span class="tok {name}" style="background: rgba({r},{g},{b},{alpha:.2f})" '
+        f'title="{html.escape(tip)}"><span class="t">{shown}</span>{under}</span>'
+    )

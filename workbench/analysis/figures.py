@@ -31,19 +31,31 @@ from workbench.analysis.paper import Paper, load_paper
 from workbench.analysis.stats import band, mean_ci
 
 MAIN_RUNS = ("opd", "exopd-1.25", "sgopd")
-COLORS = {"student-init": "#8c8c8c", "teacher": "#4d4d4d", "opd": "#1f77b4", "exopd-1.25": "#ff7f0e",
-          "sgopd": "#2ca02c", "exopd-1.8": "#d62728", "gate-1.8-pass": "#9467bd", "pts-30-35": "#8c564b"}
+COLORS = {
+    "student-init": "#8c8c8c",
+    "teacher": "#4d4d4d",
+    "opd": "#1f77b4",
+    "exopd-1.25": "#ff7f0e",
+    "sgopd": "#2ca02c",
+    "exopd-1.8": "#d62728",
+    "gate-1.8-pass": "#9467bd",
+    "pts-30-35": "#8c564b",
+}
 _CYCLE = ["#e377c2", "#17becf", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78"]
-TRAIN_PANELS = (("train/reward_mean", "training reward (mean)"), ("train/response_length", "response length (tokens)"),
-                ("train/entropy", "policy entropy (nats/token)"))
+TRAIN_PANELS = (
+    ("train/reward_mean", "training reward (mean)"),
+    ("train/response_length", "response length (tokens)"),
+    ("train/entropy", "policy entropy (nats/token)"),
+)
 
 
 def color(run: str, i: int = 0) -> str:
     return COLORS.get(run, _CYCLE[i % len(_CYCLE)])
 
 
-def fig4_avg_bars(runs, paper: Paper | None = None, *, run_ids: Sequence[str] = ("student-init", *MAIN_RUNS),
-                  metric: str = "eval/avg_at_k") -> Figure:
+def fig4_avg_bars(
+    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = ("student-init", *MAIN_RUNS), metric: str = "eval/avg_at_k"
+) -> Figure:
     """Bars: mean AVG avg@k over seeds, 95% bootstrap CI as error bars, each seed as a dot."""
     paper = paper or load_paper()
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
@@ -57,24 +69,25 @@ def fig4_avg_bars(runs, paper: Paper | None = None, *, run_ids: Sequence[str] = 
             ax.text(i, 0, "no data", ha="center", va="bottom", fontsize=8, color="0.4")
             continue
         yerr = None if est.degenerate else [[est.mean - est.lo], [est.hi - est.mean]]
-        ax.bar(i, est.mean, 0.65, color=color(run, i), alpha=0.85, yerr=yerr, capsize=5, ecolor="black",
-               label=paper.label(run))
-        ax.scatter(i + np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else [i], vals.to_numpy(), s=14,
-                   color="black", zorder=3)
+        ax.bar(i, est.mean, 0.65, color=color(run, i), alpha=0.85, yerr=yerr, capsize=5, ecolor="black", label=paper.label(run))
+        ax.scatter(
+            i + np.linspace(-0.12, 0.12, len(vals)) if len(vals) > 1 else [i], vals.to_numpy(), s=14, color="black", zorder=3
+        )
         top = est.mean if est.degenerate else est.hi
-        ax.annotate(f"{est.mean:.2f}", (i, top), ha="center", va="bottom", fontsize=8, xytext=(0, 3),
-                    textcoords="offset points")
+        ax.annotate(f"{est.mean:.2f}", (i, top), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points")
     ax.set_xticks(range(len(run_ids)), ticks, fontsize=8)
     ax.set_ylabel(f"AVG avg@k (%)  [{metric}]")
-    ax.set_title("Average accuracy over the four benchmarks\nbars: mean over seeds, whiskers: 95% bootstrap CI, dots: seeds",
-                 fontsize=9)
+    ax.set_title(
+        "Average accuracy over the four benchmarks\nbars: mean over seeds, whiskers: 95% bootstrap CI, dots: seeds", fontsize=9
+    )
     ax.grid(axis="y", alpha=0.3)
     ax.set_ylim(bottom=0)
     return fig
 
 
-def fig5_training_dynamics(runs, paper: Paper | None = None, *, run_ids: Sequence[str] = MAIN_RUNS,
-                           panels: Sequence[tuple[str, str]] = TRAIN_PANELS) -> Figure:
+def fig5_training_dynamics(
+    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = MAIN_RUNS, panels: Sequence[tuple[str, str]] = TRAIN_PANELS
+) -> Figure:
     """Training reward, response length and entropy vs step: mean over seeds with a 95% band."""
     paper = paper or load_paper()
     fig = Figure(figsize=(4.0 * len(panels), 3.6), layout="constrained")
@@ -86,11 +99,12 @@ def fig5_training_dynamics(runs, paper: Paper | None = None, *, run_ids: Sequenc
     return fig
 
 
-def fig6_benchmarks_over_training(runs, paper: Paper | None = None, *, run_ids: Sequence[str] = MAIN_RUNS,
-                                  kind: str = "avg_at_k") -> Figure:
+def fig6_benchmarks_over_training(
+    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = MAIN_RUNS, kind: str = "avg_at_k"
+) -> Figure:
     """Per-benchmark avg@k at every logged evaluation step, one panel per benchmark."""
     paper = paper or load_paper()
-    names = [c[len("metrics."):] for c in runs.runs.columns if c.startswith("metrics.")]
+    names = [c[len("metrics.") :] for c in runs.runs.columns if c.startswith("metrics.")]
     fig = Figure(figsize=(3.4 * len(paper.benchmarks), 3.6), layout="constrained")
     axes = fig.subplots(1, len(paper.benchmarks), squeeze=False, sharey=False)[0]
     final_only: set[str] = set()
@@ -107,21 +121,30 @@ def fig6_benchmarks_over_training(runs, paper: Paper | None = None, *, run_ids: 
             _plot_curves(ax, runs, run, metric, paper, i, marker="o")
         alias = f" [{metric.split('/')[1]}]" if metric and metric.split("/")[1] != bench.key else ""
         _finish(ax, f"{bench.key}{alias}", "training step", f"{kind.replace('_at_', '@')} (%)", missing)
-    note = (f"\nfinal evaluation only (no intermediate evaluations logged): {', '.join(paper.label(r) for r in sorted(final_only))}"
-            if final_only else "")
+    note = (
+        f"\nfinal evaluation only (no intermediate evaluations logged): {', '.join(paper.label(r) for r in sorted(final_only))}"
+        if final_only
+        else ""
+    )
     fig.suptitle(f"Per-benchmark accuracy over training (evaluation steps; mean over seeds, 95% band){note}", fontsize=10)
     return fig
 
 
-def fig7_conflict_fraction(runs, paper: Paper | None = None, *, run_ids: Sequence[str] = ("sgopd", "opd"),
-                           metric: str = "train/conflict_frac") -> Figure:
+def fig7_conflict_fraction(
+    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = ("sgopd", "opd"), metric: str = "train/conflict_frac"
+) -> Figure:
     """Sign-conflict fraction (over tokens where both signals are non-zero) vs step."""
     paper = paper or load_paper()
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.add_subplot()
     missing = [r for i, r in enumerate(run_ids) if not _plot_curves(ax, runs, r, metric, paper, i)]
-    _finish(ax, "Sign-conflict fraction over training (mean over seeds, 95% band)", "training step",
-            "conflict fraction of tokens", missing)
+    _finish(
+        ax,
+        "Sign-conflict fraction over training (mean over seeds, 95% band)",
+        "training step",
+        "conflict fraction of tokens",
+        missing,
+    )
     ax.set_ylim(bottom=0)
     return fig
 
@@ -132,14 +155,23 @@ def fig_pts_schedule(runs, paper: Paper | None = None, *, run: str = "sgopd") ->
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")
     ax = fig.add_subplot()
     missing = []
-    for i, (metric, lab, c) in enumerate((("train/pts_alpha", "PTS weight alpha", "#1f77b4"),
-                                          ("train/pts_teacher_acc", "teacher acceptance rate", "#d62728"))):
+    for i, (metric, lab, c) in enumerate(
+        (("train/pts_alpha", "PTS weight alpha", "#1f77b4"), ("train/pts_teacher_acc", "teacher acceptance rate", "#d62728"))
+    ):
         if not _plot_curves(ax, runs, run, metric, paper, i, label=lab, line_color=c):
             missing.append(metric)
     for j, (step, name) in enumerate(_phase_ends(runs, run)):
         ax.axvline(step, color="0.5", ls="--", lw=0.8, label="PTS phase ends p1, p2" if j == 0 else None)
-        ax.annotate(f"{name} ", (step, 0.5), xycoords=("data", "axes fraction"), ha="right" if j == 0 else "left",
-                    fontsize=7, color="0.35", xytext=(-2 if j == 0 else 2, 0), textcoords="offset points")
+        ax.annotate(
+            f"{name} ",
+            (step, 0.5),
+            xycoords=("data", "axes fraction"),
+            ha="right" if j == 0 else "left",
+            fontsize=7,
+            color="0.35",
+            xytext=(-2 if j == 0 else 2, 0),
+            textcoords="offset points",
+        )
     _finish(ax, f"Phased teacher sampling schedule: {paper.label(run)}", "training step", "value (fraction)", missing)
     ax.set_ylim(-0.02, 1.08)
     return fig
@@ -159,8 +191,9 @@ def make_figures(runs, paper: Paper | None = None) -> dict[str, Figure]:
     return {name: fn(runs, paper) for name, fn in FIGURES.items()}
 
 
-def write_figures(runs, out_dir: str | Path, *, paper: Paper | None = None, formats: Sequence[str] = ("png", "pdf"),
-                  dpi: int = 150) -> list[Path]:
+def write_figures(
+    runs, out_dir: str | Path, *, paper: Paper | None = None, formats: Sequence[str] = ("png", "pdf"), dpi: int = 150
+) -> list[Path]:
     """Draw every figure of ``FIGURES`` and save it to ``out_dir`` in each of ``formats``."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
@@ -174,8 +207,18 @@ def write_figures(runs, out_dir: str | Path, *, paper: Paper | None = None, form
 
 
 # -- helpers -----------------------------------------------------------------------------
-def _plot_curves(ax, runs, run: str, metric: str, paper: Paper, i: int, *, marker: str | None = None,
-                 label: str | None = None, line_color: str | None = None) -> bool:
+def _plot_curves(
+    ax,
+    runs,
+    run: str,
+    metric: str,
+    paper: Paper,
+    i: int,
+    *,
+    marker: str | None = None,
+    label: str | None = None,
+    line_color: str | None = None,
+) -> bool:
     """Mean over seeds (a line, ``label``-led) and its 95% band; False when there is no data."""
     curves = runs.curves(run, metric)
     if curves.empty:

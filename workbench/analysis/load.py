@@ -41,8 +41,21 @@ import pandas as pd
 
 from workbench.errors import UserError
 
-RUN_COLUMNS = ["mlflow_run_id", "run", "group", "seed", "method", "backend", "kind", "status",
-               "start_time", "end_time", "config_hash", "git_commit", "parent_run_id"]
+RUN_COLUMNS = [
+    "mlflow_run_id",
+    "run",
+    "group",
+    "seed",
+    "method",
+    "backend",
+    "kind",
+    "status",
+    "start_time",
+    "end_time",
+    "config_hash",
+    "git_commit",
+    "parent_run_id",
+]
 HISTORY_COLUMNS = ["run", "seed", "mlflow_run_id", "metric", "step", "value"]
 DEFAULT_HISTORY_PREFIXES = ("train/", "eval/")
 GRID_KIND = "grid"
@@ -63,7 +76,9 @@ class Runs:
     history: pd.DataFrame
     experiment: str = ""
     tracking_uri: str = ""
-    skipped: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["mlflow_run_id", "run", "seed", "status", "reason"]))
+    skipped: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=["mlflow_run_id", "run", "seed", "status", "reason"])
+    )
     _curves: dict | None = field(default=None, init=False, repr=False)  # (run, metric) -> rows, built lazily
 
     # -- queries -------------------------------------------------------------------------
@@ -100,7 +115,7 @@ class Runs:
     def metrics_of(self, run: str) -> list[str]:
         """Metric names with a final value for at least one seed of ``run``."""
         sel = self.runs[self.runs["run"] == run]
-        return [c[len("metrics."):] for c in self.runs.columns if c.startswith("metrics.") and sel[c].notna().any()]
+        return [c[len("metrics.") :] for c in self.runs.columns if c.startswith("metrics.") and sel[c].notna().any()]
 
     # -- snapshots -----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
@@ -222,10 +237,9 @@ def load_runs(
     frame = frame[RUN_COLUMNS + metric_cols + param_cols]
 
     wanted = None if history_runs is None else set(history_runs)
-    targets = [(row.mlflow_run_id, row.run, row.seed) for row in frame.itertuples()
-               if wanted is None or row.run in wanted]
+    targets = [(row.mlflow_run_id, row.run, row.seed) for row in frame.itertuples() if wanted is None or row.run in wanted]
     prefixes = None if history_prefixes is None else tuple(history_prefixes)
-    history = _histories(client, targets, [c[len("metrics."):] for c in metric_cols], prefixes, frame)
+    history = _histories(client, targets, [c[len("metrics.") :] for c in metric_cols], prefixes, frame)
     skipped_df = pd.DataFrame(skipped, columns=["mlflow_run_id", "run", "seed", "status", "reason"])
     return Runs(frame, history, experiment, tracking_uri, skipped_df)
 
@@ -268,7 +282,9 @@ def _histories(client, targets, metrics, prefixes, frame) -> pd.DataFrame:
     if h.empty:
         return _empty_history()
     # one point per (run, metric, step): the latest logged wins (the tracker never repeats one)
-    h = h.sort_values(["mlflow_run_id", "metric", "step", "timestamp"]).drop_duplicates(["mlflow_run_id", "metric", "step"], keep="last")
+    h = h.sort_values(["mlflow_run_id", "metric", "step", "timestamp"]).drop_duplicates(
+        ["mlflow_run_id", "metric", "step"], keep="last"
+    )
     ids = h["mlflow_run_id"]
     h["run"] = ids.map({m: rs[0] for m, rs in by_id.items()})
     h["seed"] = ids.map({m: rs[1] for m, rs in by_id.items()}).astype(int)
@@ -283,13 +299,21 @@ def _histories_sql(engine, run_ids: list[str], metrics: list[str]) -> pd.DataFra
     builds an object per point and is ~20x slower). NaN points are stored as ``is_nan``."""
     import sqlalchemy as sa
 
-    table = sa.table("metrics", sa.column("run_uuid"), sa.column("key"), sa.column("step"), sa.column("value"),
-                     sa.column("timestamp"), sa.column("is_nan"))
+    table = sa.table(
+        "metrics",
+        sa.column("run_uuid"),
+        sa.column("key"),
+        sa.column("step"),
+        sa.column("value"),
+        sa.column("timestamp"),
+        sa.column("is_nan"),
+    )
     parts = []
     with engine.connect() as conn:
         for i in range(0, len(run_ids), 500):
             q = sa.select(table.c.run_uuid, table.c.key, table.c.step, table.c.value, table.c.timestamp, table.c.is_nan).where(
-                table.c.run_uuid.in_(run_ids[i : i + 500]), table.c.key.in_(metrics))
+                table.c.run_uuid.in_(run_ids[i : i + 500]), table.c.key.in_(metrics)
+            )
             rows = [tuple(r) for r in conn.execute(q).fetchall()]
             parts.append(pd.DataFrame(rows, columns=["mlflow_run_id", "metric", "step", "value", "timestamp", "is_nan"]))
     h = pd.concat(parts, ignore_index=True)
@@ -323,8 +347,16 @@ def _histories_api(client, store, metrics, has) -> pd.DataFrame:
 
 
 def _empty_history() -> pd.DataFrame:
-    return pd.DataFrame({"run": pd.Categorical([]), "seed": pd.Series([], dtype=int), "mlflow_run_id": pd.Series([], dtype=str),
-                         "metric": pd.Categorical([]), "step": pd.Series([], dtype=int), "value": pd.Series([], dtype=float)})
+    return pd.DataFrame(
+        {
+            "run": pd.Categorical([]),
+            "seed": pd.Series([], dtype=int),
+            "mlflow_run_id": pd.Series([], dtype=str),
+            "metric": pd.Categorical([]),
+            "step": pd.Series([], dtype=int),
+            "value": pd.Series([], dtype=float),
+        }
+    )
 
 
 def _skip(row, reason: str) -> dict:

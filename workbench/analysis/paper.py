@@ -86,8 +86,9 @@ def load_paper(path: str | Path | None = None) -> Paper:
 
     p = Path(path) if path is not None else DEFAULT_PAPER
     data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    benches = tuple(Benchmark(b["key"], b.get("short", b["key"]), tuple(b.get("aliases", [b["key"]])))
-                    for b in data["benchmarks"])
+    benches = tuple(
+        Benchmark(b["key"], b.get("short", b["key"]), tuple(b.get("aliases", [b["key"]]))) for b in data["benchmarks"]
+    )
     groups = data["table3"]["groups"]
     return Paper(
         benchmarks=benches,

@@ -30,14 +30,14 @@ from workbench.tracking import display_uri
 REPORT_NAME = "REPRODUCTION.md"
 CAPTIONS = {
     "fig4_avg_bars": "Fig. 4: AVG avg@k of the untrained student, OPD, ExOPD (lambda 1.25) and SG-OPD; "
-                     "bars are means over seeds, whiskers 95% bootstrap CIs, dots single seeds.",
+    "bars are means over seeds, whiskers 95% bootstrap CIs, dots single seeds.",
     "fig5_training_dynamics": "Fig. 5: training reward, response length and entropy of OPD, ExOPD and SG-OPD "
-                              "(mean over seeds, 95% band).",
+    "(mean over seeds, 95% band).",
     "fig6_benchmarks_over_training": "Fig. 6: per-benchmark avg@k at each logged evaluation step (a run with only a "
-                                     "final evaluation shows one point; the figure title names it).",
+    "final evaluation shows one point; the figure title names it).",
     "fig7_conflict_fraction": "Fig. 7: sign-conflict fraction over training, SG-OPD and OPD.",
     "fig_pts_schedule": "PTS weight alpha against the teacher's acceptance rate (before filtering) for SG-OPD; "
-                        "dashed lines mark the phase ends.",
+    "dashed lines mark the phase ends.",
 }
 
 
@@ -104,14 +104,23 @@ def write_report(
     for t in tables:
         lines += [t.to_markdown(), ""]
     if write_table_files:
-        lines += ["LaTeX and CSV versions: " + ", ".join(
-            f"[{t.name}.{fmt}]({_rel(out / 'tables' / f'{t.name}.{fmt}', out)})" for t in tables for fmt in ("tex", "csv")), ""]
+        lines += [
+            "LaTeX and CSV versions: "
+            + ", ".join(
+                f"[{t.name}.{fmt}]({_rel(out / 'tables' / f'{t.name}.{fmt}', out)})" for t in tables for fmt in ("tex", "csv")
+            ),
+            "",
+        ]
     lines += ["## Figures", ""]
     for name in FIGURES:
         png = fig_dir / f"{name}.png"
         if png.exists():
-            lines += [f"![{name}]({_rel(png, out)})", "", (f"*{CAPTIONS.get(name, name)}* "
-                      f"([PDF]({_rel(fig_dir / f'{name}.pdf', out)}))"), ""]
+            lines += [
+                f"![{name}]({_rel(png, out)})",
+                "",
+                (f"*{CAPTIONS.get(name, name)}* ([PDF]({_rel(fig_dir / f'{name}.pdf', out)}))"),
+                "",
+            ]
         else:
             lines += [f"- {name}: not drawn (no file at `{_rel(png, out)}`)", ""]
     lines += ["## Runs left out", "", *_skipped(runs), ""]
@@ -132,11 +141,15 @@ def _provenance(runs, command: str | None) -> list[str]:
         f"- Command: `{command or ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
         f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')}",
         f"- Analysis code: git commit `{code}`" + (" (uncommitted changes)" if dirty else ""),
-        (f"- Training runs: git commit(s) {', '.join(f'`{c}`' for c in commits) or 'not tagged'}; "
-        f"backend(s) {', '.join(backends) or 'not tagged'}"),
+        (
+            f"- Training runs: git commit(s) {', '.join(f'`{c}`' for c in commits) or 'not tagged'}; "
+            f"backend(s) {', '.join(backends) or 'not tagged'}"
+        ),
         f"- MLflow: experiment `{runs.experiment or '?'}` at `{display_uri(runs.tracking_uri)}`",
-        (f"- Machine: {platform.platform()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
-        f"torch {_version('torch')}; mlflow {_version('mlflow')}; numpy {_version('numpy')}"),
+        (
+            f"- Machine: {platform.platform()}; {os.cpu_count()} CPUs; Python {platform.python_version()}; "
+            f"torch {_version('torch')}; mlflow {_version('mlflow')}; numpy {_version('numpy')}"
+        ),
         f"- Runs: {len(frame)} child runs of {frame['run'].nunique() if len(frame) else 0} run ids; seeds: {seeds}",
         *_compute(frame),
     ]
@@ -149,8 +162,12 @@ def _compute(frame) -> list[str]:
     seconds = (frame["end_time"] - frame["start_time"]).dt.total_seconds().dropna()
     if not len(seconds):
         return []
-    return [(f"- Compute: {seconds.sum() / 3600:.2f} h of run time summed over {len(seconds)} runs "
-            f"(MLflow start to end; the longest {seconds.max() / 60:.1f} min)")]
+    return [
+        (
+            f"- Compute: {seconds.sum() / 3600:.2f} h of run time summed over {len(seconds)} runs "
+            f"(MLflow start to end; the longest {seconds.max() / 60:.1f} min)"
+        )
+    ]
 
 
 def _seed_summary(runs) -> str:
@@ -166,27 +183,38 @@ def _seed_summary(runs) -> str:
 
 def _rules(n_resamples: int) -> list[str]:
     return [
-        (f"- Every reproduced number is the mean over training seeds with a {S.LEVEL:.0%} percentile bootstrap interval "
-        f"({n_resamples} resamples of the seeds, NumPy generator seed {S.RNG_SEED}); one seed gives no interval "
-        "(shown as `no CI`), never a made-up one."),
+        (
+            f"- Every reproduced number is the mean over training seeds with a {S.LEVEL:.0%} percentile bootstrap interval "
+            f"({n_resamples} resamples of the seeds, NumPy generator seed {S.RNG_SEED}); one seed gives no interval "
+            "(shown as `no CI`), never a made-up one."
+        ),
         "- Comparisons are seed-paired: the difference per seed between two runs, then the interval of its mean.",
-        ("- Verdict from the interval against the claimed region, fixed in advance in `workbench/analysis/stats.py`: "
-        "*reproduced* if the interval lies inside the region, *not reproduced* if it lies entirely outside, "
-        "*inconclusive* if it straddles the boundary or there is no interval (fewer than 2 seeds). "
-        "A claim with parts is reproduced only if every part is, not reproduced if any part is not."),
-        (f"- Margins fixed in advance: non-inferiority {S.NONINFERIORITY_MARGIN_PP:g} point of AVG avg@k; "
-        f"'nearly additive' = |interaction| at most {S.INTERACTION_MARGIN_FRAC:g} x the sum of single gains; "
-        f"'flat' = fitted change of the conflict fraction over training within +-{S.FLAT_MARGIN:g}."),
-        ("- Caveat: with few seeds the percentile bootstrap is narrower than a t interval and covers less than "
-        "95%; with 3 seeds it is the [min, max] of the per-seed values, so 'reproduced' then means every seed agrees."),
+        (
+            "- Verdict from the interval against the claimed region, fixed in advance in `workbench/analysis/stats.py`: "
+            "*reproduced* if the interval lies inside the region, *not reproduced* if it lies entirely outside, "
+            "*inconclusive* if it straddles the boundary or there is no interval (fewer than 2 seeds). "
+            "A claim with parts is reproduced only if every part is, not reproduced if any part is not."
+        ),
+        (
+            f"- Margins fixed in advance: non-inferiority {S.NONINFERIORITY_MARGIN_PP:g} point of AVG avg@k; "
+            f"'nearly additive' = |interaction| at most {S.INTERACTION_MARGIN_FRAC:g} x the sum of single gains; "
+            f"'flat' = fitted change of the conflict fraction over training within +-{S.FLAT_MARGIN:g}."
+        ),
+        (
+            "- Caveat: with few seeds the percentile bootstrap is narrower than a t interval and covers less than "
+            "95%; with 3 seeds it is the [min, max] of the per-seed values, so 'reproduced' then means every seed agrees."
+        ),
     ]
 
 
 def _claims_md(claims: Sequence[S.Claim]) -> list[str]:
     out = ["| claim | verdict |", "|---|---|"]
     out += [f"| {c.id}. {c.title} | **{c.verdict}** |" for c in claims]
-    out += ["", "| part | statement | statistic | estimate [95% CI] | claimed region | verdict | seeds | note |",
-            "|---|---|---|---|---|---|---|---|"]
+    out += [
+        "",
+        "| part | statement | statistic | estimate [95% CI] | claimed region | verdict | seeds | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for c in claims:
         for p in c.parts:
             # The count first: a bare seed id "0" would read as "no seeds".
@@ -228,8 +256,15 @@ def _version(dist: str) -> str:
 
 def _git(args: list[str]) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
-                             timeout=10, check=False, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+        out = subprocess.run(
+            ["git", *args],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -269,21 +269,39 @@ def evaluate_claims(runs, *, metric: str = AVG_METRIC, n_resamples: int = N_RESA
     def diff(pid, statement, a, b, region, note=""):
         return _diff_part(pid, statement, a, b, v(a), v(b), region, metric, note, kw)
 
-    c1 = Claim("1", "SG-OPD beats OPD and ExOPD (AVG avg@k)", (
-        diff("1a", "SG-OPD > OPD", "sgopd", "opd", greater),
-        diff("1b", "SG-OPD > ExOPD (lambda 1.25)", "sgopd", "exopd-1.25", greater),
-    ))
-    c2 = Claim("2", "Uniform lambda 1.8 degrades, the gated 1.8 does not", (
-        diff("2a", "uniform 1.8 < uniform 1.25", "exopd-1.8", "exopd-1.25", less),
-        diff("2b", f"gate 1.8 not worse than uniform 1.25 (margin {NONINFERIORITY_MARGIN_PP:g} pt)", "gate-1.8-pass",
-             "exopd-1.25", Region(-NONINFERIORITY_MARGIN_PP, math.inf), note="non-inferiority"),
-        diff("2c", "gate 1.8 > uniform 1.8", "gate-1.8-pass", "exopd-1.8", greater),
-    ))
-    c3 = Claim("3", "Sign gate and PTS are complementary and nearly additive (2x2)", (
-        diff("3a", "gate on top of PTS helps: both > PTS only", "sgopd", "pts-30-35", greater),
-        diff("3b", "PTS on top of the gate helps: both > gate only", "sgopd", "gate-1.8-pass", greater),
-        _interaction_part(runs, metric, kw),
-    ))
+    c1 = Claim(
+        "1",
+        "SG-OPD beats OPD and ExOPD (AVG avg@k)",
+        (
+            diff("1a", "SG-OPD > OPD", "sgopd", "opd", greater),
+            diff("1b", "SG-OPD > ExOPD (lambda 1.25)", "sgopd", "exopd-1.25", greater),
+        ),
+    )
+    c2 = Claim(
+        "2",
+        "Uniform lambda 1.8 degrades, the gated 1.8 does not",
+        (
+            diff("2a", "uniform 1.8 < uniform 1.25", "exopd-1.8", "exopd-1.25", less),
+            diff(
+                "2b",
+                f"gate 1.8 not worse than uniform 1.25 (margin {NONINFERIORITY_MARGIN_PP:g} pt)",
+                "gate-1.8-pass",
+                "exopd-1.25",
+                Region(-NONINFERIORITY_MARGIN_PP, math.inf),
+                note="non-inferiority",
+            ),
+            diff("2c", "gate 1.8 > uniform 1.8", "gate-1.8-pass", "exopd-1.8", greater),
+        ),
+    )
+    c3 = Claim(
+        "3",
+        "Sign gate and PTS are complementary and nearly additive (2x2)",
+        (
+            diff("3a", "gate on top of PTS helps: both > PTS only", "sgopd", "pts-30-35", greater),
+            diff("3b", "PTS on top of the gate helps: both > gate only", "sgopd", "gate-1.8-pass", greater),
+            _interaction_part(runs, metric, kw),
+        ),
+    )
     c4 = Claim("4", "The sign-conflict fraction stays roughly flat over training (SG-OPD)", (_flat_part(runs, kw),))
     return [c1, c2, c3, c4]
 
@@ -293,8 +311,9 @@ def _diff_part(pid, statement, a, b, va, vb, region, metric, note, kw) -> ClaimP
     missing = [r for r, s in ((a, va), (b, vb)) if s.empty]
     if missing:
         note = "; ".join(filter(None, [note, f"no {metric} for {', '.join(missing)}"]))
-    return ClaimPart(pid, statement, f"mean over seeds of {a} - {b}, {metric} (points)", est, region,
-                     verdict(est, region), seeds, note)
+    return ClaimPart(
+        pid, statement, f"mean over seeds of {a} - {b}, {metric} (points)", est, region, verdict(est, region), seeds, note
+    )
 
 
 def _interaction_part(runs, metric, kw) -> ClaimPart:
@@ -320,9 +339,17 @@ def _interaction_part(runs, metric, kw) -> ClaimPart:
     missing = [r for k, r in cells.items() if series[k].empty]
     if missing:
         note += f"; no {metric} for {', '.join(missing)}"
-    return ClaimPart("3c", f"nearly additive: |interaction| <= {INTERACTION_MARGIN_FRAC:g} x sum of single gains",
-                     "mean interaction / |mean summed single gains| over seeds", est, region, verdict(est, region),
-                     seeds, note, {"interaction_pp": inter, "sum_of_gains_pp": gains})
+    return ClaimPart(
+        "3c",
+        f"nearly additive: |interaction| <= {INTERACTION_MARGIN_FRAC:g} x sum of single gains",
+        "mean interaction / |mean summed single gains| over seeds",
+        est,
+        region,
+        verdict(est, region),
+        seeds,
+        note,
+        {"interaction_pp": inter, "sum_of_gains_pp": gains},
+    )
 
 
 def _flat_part(runs, kw) -> ClaimPart:
@@ -330,6 +357,13 @@ def _flat_part(runs, kw) -> ClaimPart:
     est = bootstrap(slopes.to_numpy(), **kw) if len(slopes) else bootstrap([], **kw)
     region = Region(-FLAT_MARGIN, FLAT_MARGIN, closed=True)
     note = "" if len(slopes) else f"no {CONFLICT_METRIC} history for sgopd"
-    return ClaimPart("4a", f"|fitted change of {CONFLICT_METRIC} over training| <= {FLAT_MARGIN:g}",
-                     f"mean over seeds of the least-squares slope of {CONFLICT_METRIC} vs step/last step (sgopd)",
-                     est, region, verdict(est, region), tuple(int(s) for s in slopes.index), note)
+    return ClaimPart(
+        "4a",
+        f"|fitted change of {CONFLICT_METRIC} over training| <= {FLAT_MARGIN:g}",
+        f"mean over seeds of the least-squares slope of {CONFLICT_METRIC} vs step/last step (sgopd)",
+        est,
+        region,
+        verdict(est, region),
+        tuple(int(s) for s in slopes.index),
+        note,
+    )

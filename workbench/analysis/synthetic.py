@@ -21,9 +21,15 @@ from workbench.analysis.paper import Paper, load_paper
 MINI_BENCHMARKS = ("bench1", "bench2", "bench3", "bench4")
 # PTS phase ends (p1, p2) of the grid runs that use phased teacher sampling
 PTS_WINDOWS = {
-    "pts-30-35": (0.30, 0.35), "pts-30-35-nofilter": (0.30, 0.35), "pts-40-45": (0.40, 0.45),
-    "pts-50-70": (0.50, 0.70), "pts-50-70-ratio2": (0.50, 0.70), "pts-60-65": (0.60, 0.65),
-    "pts-60-80": (0.60, 0.80), "sgopd": (0.30, 0.35), "sgopd-1.5": (0.30, 0.35),
+    "pts-30-35": (0.30, 0.35),
+    "pts-30-35-nofilter": (0.30, 0.35),
+    "pts-40-45": (0.40, 0.45),
+    "pts-50-70": (0.50, 0.70),
+    "pts-50-70-ratio2": (0.50, 0.70),
+    "pts-60-65": (0.60, 0.65),
+    "pts-60-80": (0.60, 0.80),
+    "sgopd": (0.30, 0.35),
+    "sgopd-1.5": (0.30, 0.35),
 }
 EVAL_ONLY = ("student-init", "teacher", "sgopd@90%")
 
@@ -79,9 +85,10 @@ def make_synthetic_grid(
             base = {k: 0.6 * v for k, v in opd.items()}
         elif name == "teacher":
             base = {k: min(95.0, 1.6 * v) for k, v in opd.items()}
-        for seed in (seeds if kind == "train" or name == "sgopd@90%" else (0,)):
-            sr = SyntheticRun(run=name, seed=seed, group=row.get("group", "eval"), kind=kind,
-                              method=_method(name), params=_params(name, steps))
+        for seed in seeds if kind == "train" or name == "sgopd@90%" else (0,):
+            sr = SyntheticRun(
+                run=name, seed=seed, group=row.get("group", "eval"), kind=kind, method=_method(name), params=_params(name, steps)
+            )
             finals = [base[b.key] + rng.gauss(0, eval_noise) for b in paper.benchmarks]
             if kind == "train":
                 for s in range(eval_every, steps, eval_every) if eval_every else ():
@@ -93,8 +100,9 @@ def make_synthetic_grid(
     return out
 
 
-def write_runs(tracking_uri: str, experiment: str, runs: list[SyntheticRun], *, parent_name: str = "grid",
-               git_commit: str = "0" * 40) -> str:
+def write_runs(
+    tracking_uri: str, experiment: str, runs: list[SyntheticRun], *, parent_name: str = "grid", git_commit: str = "0" * 40
+) -> str:
     """Log ``runs`` under one new grid parent run in ``experiment``; returns the parent's run id."""
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
@@ -105,8 +113,16 @@ def write_runs(tracking_uri: str, experiment: str, runs: list[SyntheticRun], *, 
     exp_id = ensure_experiment(client, tracking_uri, experiment)
     parent = client.create_run(exp_id, run_name=parent_name, tags={"workbench.kind": "grid"}).info.run_id
     for sr in runs:
-        tags = {"mlflow.parentRunId": parent, "run": sr.run, "group": sr.group, "seed": str(sr.seed), "method": sr.method,
-                "backend": "mini", "config_hash": f"{abs(hash(sr.run)) % 16**8:08x}", "git_commit": git_commit}
+        tags = {
+            "mlflow.parentRunId": parent,
+            "run": sr.run,
+            "group": sr.group,
+            "seed": str(sr.seed),
+            "method": sr.method,
+            "backend": "mini",
+            "config_hash": f"{abs(hash(sr.run)) % 16**8:08x}",
+            "git_commit": git_commit,
+        }
         if sr.kind == "eval":
             tags["workbench.kind"] = "eval"
         child = client.create_run(exp_id, run_name=f"{sr.run}-seed{sr.seed}", tags=tags).info.run_id

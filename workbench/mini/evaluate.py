@@ -38,8 +38,14 @@ def evaluate(
         correct: list[bool] = []
         for s in range(0, len(flat), batch_size):
             chunk = flat[s : s + batch_size]
-            outs = generate(model, [CODEC.encode_prompt(p.prompt) for p in chunk], max_new_tokens,
-                            temperature=temperature, top_p=top_p, generator=gen)
+            outs = generate(
+                model,
+                [CODEC.encode_prompt(p.prompt) for p in chunk],
+                max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                generator=gen,
+            )
             correct += [verify(p, CODEC.decode(o)) for p, o in zip(chunk, outs)]
         counts = [sum(correct[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))]
         out["benchmarks"][name] = {**A.benchmark_scores(counts, n_samples, k), "correct": counts}

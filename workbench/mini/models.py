@@ -105,8 +105,7 @@ def load_model(path):
     """Load a saved mini model (or any causal LM) with eager attention, float32, eval mode."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager",
-                                                 dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager", dtype=torch.float32)
     return model.eval()
 
 

@@ -91,8 +91,8 @@ def generate(
     ids = torch.full((B, P), pad_id, dtype=torch.long)
     attn = torch.zeros((B, P), dtype=torch.long)
     for i, p in enumerate(prompt_ids_list):
-        ids[i, P - len(p):] = torch.as_tensor(p, dtype=torch.long)
-        attn[i, P - len(p):] = 1
+        ids[i, P - len(p) :] = torch.as_tensor(p, dtype=torch.long)
+        attn[i, P - len(p) :] = 1
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)
 
@@ -113,8 +113,9 @@ def generate(
         if bool(done.all()) or n == max_new_tokens:
             break
         attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None],
-                    use_cache=True, **{cache_kw: past})
+        out = model(
+            input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None], use_cache=True, **{cache_kw: past}
+        )
         past = getattr(out, cache_kw)
         logits = out.logits[:, -1, :]
         next_pos = next_pos + 1
@@ -138,8 +139,9 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy: bool,
-                 generator: torch.Generator | None) -> torch.Tensor:
+def _pick_tokens(
+    logits: torch.Tensor, temperature: float, top_p: float, greedy: bool, generator: torch.Generator | None
+) -> torch.Tensor:
     """``logits [B, V]`` -> token ids ``[B]`` (argmax, or temperature / nucleus sampling)."""
     if greedy or temperature <= 0.0:
         return logits.argmax(-1)
@@ -155,8 +157,7 @@ def _pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, greedy:
 
 
 @torch.no_grad()
-def generate_no_cache(model, prompt_ids: Sequence[int], max_new_tokens: int,
-                      eos_id: int = EOS_ID) -> list[int]:
+def generate_no_cache(model, prompt_ids: Sequence[int], max_new_tokens: int, eos_id: int = EOS_ID) -> list[int]:
     """Reference greedy decoding of ONE prompt without cache or padding (slow; for tests)."""
     seq = list(prompt_ids)
     out: list[int] = []
@@ -177,10 +178,18 @@ def max_response_tokens(problems: Sequence[Problem], slack: int = 16) -> int:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model, problems: Sequence[Problem], *, greedy: bool = True,
-                      temperature: float = 1.0, top_p: float = 1.0, k: int = 1,
-                      batch_size: int = 512, seed: int = 0,
-                      max_new_tokens: int | None = None) -> dict:
+def evaluate_accuracy(
+    model,
+    problems: Sequence[Problem],
+    *,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    k: int = 1,
+    batch_size: int = 512,
+    seed: int = 0,
+    max_new_tokens: int | None = None,
+) -> dict:
     """Accuracy of ``model`` on ``problems``.
 
     Returns ``{"acc": mean over problems and samples, "per_problem": [c_i / k ...],
@@ -194,13 +203,19 @@ def evaluate_accuracy(model, problems: Sequence[Problem], *, greedy: bool = True
     flat = [p for p in problems for _ in range(k)]
     correct = []
     for s in range(0, len(flat), batch_size):
-        chunk = flat[s:s + batch_size]
-        outs = generate(model, [CODEC.encode_prompt(p.prompt) for p in chunk], max_new,
-                        temperature=temperature, top_p=top_p, greedy=greedy, generator=g)
+        chunk = flat[s : s + batch_size]
+        outs = generate(
+            model,
+            [CODEC.encode_prompt(p.prompt) for p in chunk],
+            max_new,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+            generator=g,
+        )
         correct += [verify(p, CODEC.decode(o)) for p, o in zip(chunk, outs)]
-    per_problem = [sum(correct[i * k:(i + 1) * k]) / k for i in range(len(problems))]
-    return {"acc": sum(per_problem) / max(1, len(per_problem)), "per_problem": per_problem,
-            "n": len(problems), "k": k}
+    per_problem = [sum(correct[i * k : (i + 1) * k]) / k for i in range(len(problems))]
+    return {"acc": sum(per_problem) / max(1, len(per_problem)), "per_problem": per_problem, "n": len(problems), "k": k}
 
 
 # --------------------------------------------------------------------------------------
@@ -230,9 +245,9 @@ def make_batch(pairs: Sequence[tuple[list[int], list[int]]]) -> tuple[torch.Tens
     labels = torch.full((len(pairs), T), -100, dtype=torch.long)
     for i, (p, r) in enumerate(pairs):
         seq = p + r
-        ids[i, :len(seq)] = torch.as_tensor(seq)
+        ids[i, : len(seq)] = torch.as_tensor(seq)
         # position t predicts seq[t+1]; supervise only the response tokens
-        labels[i, len(p) - 1:len(seq) - 1] = torch.as_tensor(r)
+        labels[i, len(p) - 1 : len(seq) - 1] = torch.as_tensor(r)
     return ids, labels
 
 
@@ -240,12 +255,18 @@ def sft_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean token cross-entropy over supervised positions. Right padding needs no attention
     mask under causal attention (real tokens never see the pads after them)."""
     logits = model(input_ids=ids).logits
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                           ignore_index=-100)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
 
 
-def sft_train(model, pairs_iter: Iterator[tuple[list[int], list[int]]], cfg: SFTConfig,
-              seed: int, log=None, callback=None, callback_every: int = 0) -> list[dict]:
+def sft_train(
+    model,
+    pairs_iter: Iterator[tuple[list[int], list[int]]],
+    cfg: SFTConfig,
+    seed: int,
+    log=None,
+    callback=None,
+    callback_every: int = 0,
+) -> list[dict]:
     """Train ``model`` in place for ``cfg.steps`` steps on an endless iterator of
     ``(prompt_ids, response_ids)`` pairs. Returns a small log (every ~10% of training).
 
@@ -255,9 +276,11 @@ def sft_train(model, pairs_iter: Iterator[tuple[list[int], list[int]]], cfg: SFT
     rng = random.Random(seed)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
 
     def lr_at(step: int) -> float:
         if step < cfg.warmup:
@@ -275,7 +298,7 @@ def sft_train(model, pairs_iter: Iterator[tuple[list[int], list[int]]], cfg: SFT
         if not queue:
             block = [next(pairs_iter) for _ in range(cfg.batch_size * cfg.bucket)]
             block.sort(key=lambda pr: len(pr[0]) + len(pr[1]))
-            queue = [block[i:i + cfg.batch_size] for i in range(0, len(block), cfg.batch_size)]
+            queue = [block[i : i + cfg.batch_size] for i in range(0, len(block), cfg.batch_size)]
             rng.shuffle(queue)
         ids, labels = make_batch(queue.pop())
         for g in opt.param_groups:
@@ -293,8 +316,7 @@ def sft_train(model, pairs_iter: Iterator[tuple[list[int], list[int]]], cfg: SFT
             extra = callback(step + 1, model)
             model.train()
         if (step + 1) % every == 0 or step + 1 == cfg.steps or extra:
-            rec = {"step": step + 1, "loss": round(run_loss, 4), "seconds": round(time.time() - t0, 1),
-                   **(extra or {})}
+            rec = {"step": step + 1, "loss": round(run_loss, 4), "seconds": round(time.time() - t0, 1), **(extra or {})}
             history.append(rec)
             if log:
                 log(rec)
@@ -319,7 +341,7 @@ class WorldConfig:
     task: str = "arith"
     bench_size: int = 100
     val_size: int = 200
-    pool_size: int = 4000            # RL prompts per training source
+    pool_size: int = 4000  # RL prompts per training source
     teacher_size: str = "teacher"
     student_size: str = "student"
     teacher_sft: SFTConfig = SFTConfig(steps=1400, batch_size=128, lr=3e-3, warmup=50)
@@ -328,8 +350,8 @@ class WorldConfig:
     student_sft: SFTConfig = SFTConfig(steps=4000, batch_size=64, lr=3e-3, warmup=50)
     teacher_style: Style = TEACHER_STYLE
     student_style: Style = STUDENT_STYLE
-    eval_sample_k: int = 4           # samples per problem for the T=1.0 accuracy report
-    eval_train_size: int = 400       # problems drawn from the training distribution for eval
+    eval_sample_k: int = 4  # samples per problem for the T=1.0 accuracy report
+    eval_train_size: int = 400  # problems drawn from the training distribution for eval
     eval_max_new_tokens: int | None = None  # None: longest benchmark solution + slack
 
 
@@ -337,11 +359,16 @@ SCALES: dict[str, WorldConfig] = {
     "mini": WorldConfig(),
     # tiny models, few steps: exercises every code path in seconds; accuracies meaningless
     "smoke": WorldConfig(
-        bench_size=6, val_size=8, pool_size=40,
-        teacher_size="smoke-teacher", student_size="smoke-student",
+        bench_size=6,
+        val_size=8,
+        pool_size=40,
+        teacher_size="smoke-teacher",
+        student_size="smoke-student",
         teacher_sft=SFTConfig(steps=6, batch_size=16, warmup=2, bucket=2),
         student_sft=SFTConfig(steps=4, batch_size=16, warmup=2, bucket=2),
-        eval_sample_k=1, eval_train_size=8, eval_max_new_tokens=12,
+        eval_sample_k=1,
+        eval_train_size=8,
+        eval_max_new_tokens=12,
     ),
 }
 
@@ -368,8 +395,7 @@ def role_hash(cfg: WorldConfig, seed: int, role: str) -> str:
     """Hash of what determines one trained model *and its accuracy report*: changing the
     student's recipe does not retrain the teacher (and vice versa)."""
     d = asdict(cfg)
-    keys = _TASK_FIELDS + _ROLE_FIELDS[role] + ("eval_sample_k", "eval_train_size",
-                                                 "eval_max_new_tokens")
+    keys = _TASK_FIELDS + _ROLE_FIELDS[role] + ("eval_sample_k", "eval_train_size", "eval_max_new_tokens")
     return _hash({"seed": seed, "role": role, **{k: d[k] for k in keys}})
 
 
@@ -377,30 +403,36 @@ def role_hash(cfg: WorldConfig, seed: int, role: str) -> str:
 # prepare
 
 
-def _pairs(task, sources: Sequence[str], stream_seed: str, style: Style,
-           seed: int) -> Iterator[tuple[list[int], list[int]]]:
+def _pairs(task, sources: Sequence[str], stream_seed: str, style: Style, seed: int) -> Iterator[tuple[list[int], list[int]]]:
     """Endless ``(prompt_ids, response_ids)`` SFT pairs written in ``style``."""
     rng = random.Random(f"pairs:{seed}:{stream_seed}")
     for p in task.stream(list(sources), stream_seed):
         yield CODEC.encode_prompt(p.prompt), CODEC.encode_response(style.render(p, rng))
 
 
-def _accuracy_report(model, benches: dict[str, list[Problem]], train_eval: list[Problem],
-                     k: int, seed: int, max_new: int) -> dict:
+def _accuracy_report(
+    model, benches: dict[str, list[Problem]], train_eval: list[Problem], k: int, seed: int, max_new: int
+) -> dict:
     rep: dict = {"greedy": {}, "sampled_t1": {}}
     for name, probs in [("train_dist", train_eval)] + list(benches.items()):
-        rep["greedy"][name] = round(evaluate_accuracy(
-            model, probs, greedy=True, max_new_tokens=max_new)["acc"], 4)
-        rep["sampled_t1"][name] = round(evaluate_accuracy(
-            model, probs, greedy=False, temperature=1.0, k=k, seed=seed,
-            max_new_tokens=max_new)["acc"], 4)
+        rep["greedy"][name] = round(evaluate_accuracy(model, probs, greedy=True, max_new_tokens=max_new)["acc"], 4)
+        rep["sampled_t1"][name] = round(
+            evaluate_accuracy(model, probs, greedy=False, temperature=1.0, k=k, seed=seed, max_new_tokens=max_new)["acc"], 4
+        )
     for mode in ("greedy", "sampled_t1"):
         rep[mode]["bench_avg"] = round(sum(rep[mode][b] for b in benches) / len(benches), 4)
     return rep
 
 
-def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
-            overrides: dict | None = None, force: bool = False, verbose: bool = False) -> dict:
+def prepare(
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    scale: str = "mini",
+    overrides: dict | None = None,
+    force: bool = False,
+    verbose: bool = False,
+) -> dict:
     """Build (or reuse) the miniature world in ``out_dir``; returns the manifest dict.
 
     ``overrides``: ``WorldConfig`` fields to replace (e.g. ``{"student_sft": SFTConfig(...)}``).
@@ -428,8 +460,10 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
     torch.set_num_threads(min(2, torch.get_num_threads()))
     log = (lambda *a: print("[mini.prepare]", *a, flush=True)) if verbose else None
     say = status if verbose else (lambda *a, **k: None)
-    say(f"prepare: building the {scale} world in {out_dir} "
-        f"(SFT of the teacher, {cfg.teacher_sft.steps} steps, and the student, {cfg.student_sft.steps} steps)")
+    say(
+        f"prepare: building the {scale} world in {out_dir} "
+        f"(SFT of the teacher, {cfg.teacher_sft.steps} steps, and the student, {cfg.student_sft.steps} steps)"
+    )
     t_start = time.time()
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -477,14 +511,18 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
             hist = sft_train(model, pairs, sft_cfg, seed=seed * 1000 + 7, log=on_log if log else None)
             train_s = time.time() - t0
             say(f"prepare: evaluating {role}")
-            max_new = cfg.eval_max_new_tokens or max_response_tokens(
-                [p for ps in benches.values() for p in ps])
+            max_new = cfg.eval_max_new_tokens or max_response_tokens([p for ps in benches.values() for p in ps])
             acc = _accuracy_report(model, benches, train_eval, cfg.eval_sample_k, seed, max_new)
             model.save_pretrained(str(tmp / role))
             tokenizer.save_pretrained(str(tmp / role))
             models_info[role] = {
-                "hash": rh, "reused": False, "params": count_params(model), "size": size, "train_seconds": round(train_s, 1),
-                "eval_seconds": round(time.time() - t0 - train_s, 1), "sft_log": hist,
+                "hash": rh,
+                "reused": False,
+                "params": count_params(model),
+                "size": size,
+                "train_seconds": round(train_s, 1),
+                "eval_seconds": round(time.time() - t0 - train_s, 1),
+                "sft_log": hist,
                 "accuracy": acc,
             }
             if log:
@@ -496,8 +534,9 @@ def prepare(out_dir: str | Path, *, seed: int = 0, scale: str = "mini",
             "seed": seed,
             "scale": scale,
             "config": asdict(cfg),
-            "benchmarks": {b.name: {"stands_for": b.stands_for, "n_ops": b.level.n_ops,
-                                    "size": b.size} for b in task.benchmarks_spec},
+            "benchmarks": {
+                b.name: {"stands_for": b.stands_for, "n_ops": b.level.n_ops, "size": b.size} for b in task.benchmarks_spec
+            },
             "sources": {n: s.description for n, s in task.sources.items()},
             "models": models_info,
             "torch": torch.__version__,
@@ -534,12 +573,16 @@ def _check_out_dir(out_dir: Path) -> None:
         return
     names = {p.name for p in out_dir.iterdir()}
     if names and "manifest.json" not in names:
-        raise UserError(f"--out {out_dir} is not empty and holds no world (no manifest.json); prepare only "
-                        "replaces a world it built: give an empty or new directory")
+        raise UserError(
+            f"--out {out_dir} is not empty and holds no world (no manifest.json); prepare only "
+            "replaces a world it built: give an empty or new directory"
+        )
     other = sorted(names - _WORLD_ENTRIES)
     if other:
-        raise UserError(f"--out {out_dir} holds a world and other files ({', '.join(other[:3])}), which a rebuild "
-                        "would delete; move them out or give another directory")
+        raise UserError(
+            f"--out {out_dir} holds a world and other files ({', '.join(other[:3])}), which a rebuild "
+            "would delete; move them out or give another directory"
+        )
 
 
 def _read_manifest(path: Path) -> dict | None:

@@ -115,7 +115,7 @@ def reduce_once(nums: list[int], ops: list[str], order: str = "left") -> tuple[l
     """Evaluate one operation respecting precedence (see :func:`_pick`)."""
     i = _pick(ops, order)
     v = _apply(nums[i], ops[i], nums[i + 1])
-    return nums[:i] + [v] + nums[i + 2:], ops[:i] + ops[i + 1:]
+    return nums[:i] + [v] + nums[i + 2 :], ops[:i] + ops[i + 1 :]
 
 
 def trajectory(nums: Sequence[int], ops: Sequence[str], order: str = "left") -> list[list[int]]:
@@ -128,8 +128,7 @@ def trajectory(nums: Sequence[int], ops: Sequence[str], order: str = "left") -> 
     return states
 
 
-def solve(prompt: str, order: str = "left", noise: float = 0.0,
-          rng: random.Random | None = None, skip: float = 0.0) -> str:
+def solve(prompt: str, order: str = "left", noise: float = 0.0, rng: random.Random | None = None, skip: float = 0.0) -> str:
     """Worked-step response for ``prompt`` (the exact reference when ``noise = skip = 0``).
 
     Style knobs (used for the student's pre-training data only; need ``rng``):
@@ -143,8 +142,7 @@ def solve(prompt: str, order: str = "left", noise: float = 0.0,
     nums, ops = parse_expression(prompt)
     steps: list[str] = []
     while ops:
-        n_reductions = 2 if (skip > 0.0 and rng is not None and len(ops) >= 2
-                             and rng.random() < skip) else 1
+        n_reductions = 2 if (skip > 0.0 and rng is not None and len(ops) >= 2 and rng.random() < skip) else 1
         for _ in range(n_reductions):
             i = _pick(ops, order)
             nums, ops = reduce_once(nums, ops, order)
@@ -189,7 +187,7 @@ def extract_answer(response_text: str) -> str | None:
     i = response_text.find(ANSWER_MARK)
     if i < 0:
         return None
-    return response_text[i + 1:].strip()
+    return response_text[i + 1 :].strip()
 
 
 def verify(problem: Problem | Mapping | int, response_text: str) -> bool:
@@ -228,9 +226,9 @@ class Level:
     max_value: int = MAX_VALUE
 
 
-def sample_problem(rng: random.Random, level: Level, source: str, idx: int,
-                   max_tries: int = 100_000) -> Problem:
+def sample_problem(rng: random.Random, level: Level, source: str, idx: int, max_tries: int = 100_000) -> Problem:
     """Rejection-sample an expression of ``level``."""
+
     def operand() -> int:
         if level.max_operand < 10 or rng.random() < 0.5:
             return rng.randint(1, min(9, level.max_operand))
@@ -246,8 +244,9 @@ def sample_problem(rng: random.Random, level: Level, source: str, idx: int,
         if _in_range(nums, ops, level.max_value):
             prompt = render(nums, ops) + PROMPT_END
             ans = trajectory(nums, ops)[-1][0] if ops else nums[0]
-            return Problem(id=f"{source}-{idx:05d}", source=source, prompt=prompt, answer=ans,
-                           n_ops=level.n_ops, solution=solve(prompt))
+            return Problem(
+                id=f"{source}-{idx:05d}", source=source, prompt=prompt, answer=ans, n_ops=level.n_ops, solution=solve(prompt)
+            )
     raise RuntimeError(f"could not sample a problem for {level}")
 
 
@@ -290,7 +289,7 @@ class Benchmark:
 # the task
 
 
-_MIXED = (0.4, 0.3, 0.3)     # source A: additive-heavy
+_MIXED = (0.4, 0.3, 0.3)  # source A: additive-heavy
 _PRODUCTS = (0.3, 0.2, 0.5)  # source B: multiplication-heavy (more order choices)
 
 
@@ -319,18 +318,33 @@ class ArithTask:
             A = {"op_weights": _MIXED}
             B = {"max_operand": 50, "op_weights": _PRODUCTS}
             self.sources = {
-                "A": Source("A", (
-                    (lv(1, **A), 0.08), (lv(2, **A), 0.20), (lv(3, **A), 0.22),
-                    (lv(4, **A), 0.15), (lv(5, **A), 0.10),
-                    (lv(3, True, **A), 0.10), (lv(4, True, **A), 0.08), (lv(5, True, **A), 0.07),
-                ), "operands 1-99, additive-heavy operator mix, 1-5 operators, "
-                   "values <= 99 (75%) or <= 199 (25%)"),
-                "B": Source("B", (
-                    (lv(2, **B), 0.20), (lv(3, **B), 0.25), (lv(4, **B), 0.15),
-                    (lv(5, **B), 0.10),
-                    (lv(3, True, **B), 0.10), (lv(4, True, **B), 0.10), (lv(5, True, **B), 0.10),
-                ), "operands 1-50, multiplication-heavy operator mix, 2-5 operators, "
-                   "values <= 99 (70%) or <= 199 (30%)"),
+                "A": Source(
+                    "A",
+                    (
+                        (lv(1, **A), 0.08),
+                        (lv(2, **A), 0.20),
+                        (lv(3, **A), 0.22),
+                        (lv(4, **A), 0.15),
+                        (lv(5, **A), 0.10),
+                        (lv(3, True, **A), 0.10),
+                        (lv(4, True, **A), 0.08),
+                        (lv(5, True, **A), 0.07),
+                    ),
+                    "operands 1-99, additive-heavy operator mix, 1-5 operators, values <= 99 (75%) or <= 199 (25%)",
+                ),
+                "B": Source(
+                    "B",
+                    (
+                        (lv(2, **B), 0.20),
+                        (lv(3, **B), 0.25),
+                        (lv(4, **B), 0.15),
+                        (lv(5, **B), 0.10),
+                        (lv(3, True, **B), 0.10),
+                        (lv(4, True, **B), 0.10),
+                        (lv(5, True, **B), 0.10),
+                    ),
+                    "operands 1-50, multiplication-heavy operator mix, 2-5 operators, values <= 99 (70%) or <= 199 (30%)",
+                ),
             }
         if not self.benchmarks_spec:
             # rising difficulty = longer chains, then larger numbers; each benchmark
@@ -339,10 +353,8 @@ class ArithTask:
             self.benchmarks_spec = (
                 Benchmark("bench1", Level(2), self.bench_size, "AIME24", both),
                 Benchmark("bench2", Level(3), self.bench_size, "AIME25", both),
-                Benchmark("bench3", Level(4, max_value=LARGE_VALUE), self.bench_size,
-                          "HMMT25-Feb", both),
-                Benchmark("bench4", Level(5, max_value=LARGE_VALUE), self.bench_size,
-                          "HMMT25-Nov", both),
+                Benchmark("bench3", Level(4, max_value=LARGE_VALUE), self.bench_size, "HMMT25-Feb", both),
+                Benchmark("bench4", Level(5, max_value=LARGE_VALUE), self.bench_size, "HMMT25-Nov", both),
             )
         self._held_out: frozenset[str] | None = None
 
@@ -415,8 +427,7 @@ class ArithTask:
         for p in self.stream(source, "pool"):
             if p.prompt not in seen:
                 seen.add(p.prompt)
-                out.append(Problem(f"{source}-{len(out):05d}", p.source, p.prompt, p.answer,
-                                   p.n_ops, p.solution))
+                out.append(Problem(f"{source}-{len(out):05d}", p.source, p.prompt, p.answer, p.n_ops, p.solution))
             if len(out) == size:
                 return out
         raise AssertionError("unreachable")

@@ -84,9 +84,7 @@ def build_hf_tokenizer():
 
     tok = Tokenizer(models.BPE(vocab=dict(VOCAB), merges=[], unk_token=UNK))
     tok.add_special_tokens(list(SPECIALS))
-    tok.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, BOS_ID)]
-    )
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, BOS_ID)])
     # Fuse decoder: concatenates characters without inserting spaces.
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(

@@ -111,7 +111,9 @@ def pack(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]], d
     return ids.to(device), mask.to(device)
 
 
-def forward_logprobs(model, ids: torch.Tensor, temperature: float = 1.0, *, buckets: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_logprobs(
+    model, ids: torch.Tensor, temperature: float = 1.0, *, buckets: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logp of the next tokens [N, L - 1], logits [N, L - 1, V])`` of right-padded ``ids``.
 
     Rows are sorted by length and run in ``buckets`` chunks, each cut to its own longest
@@ -151,13 +153,25 @@ def teacher_dataset(cfg: RunConfig, world: World, teacher, device) -> list[tuple
     pool = world.train_pool(cfg.train.sources)
     random.Random(f"sft-pool:{cfg.seed}").shuffle(pool)
     if cfg.sft.teacher_budget == "pts":
-        n = A.pts_teacher_prompts(cfg.train.steps, cfg.rollout.prompts_per_step,
-                                  teacher_sampling_ratio=cfg.pts.teacher_sampling_ratio,
-                                  phase1_end_frac=cfg.pts.phase1_end_frac, phase2_end_frac=cfg.pts.phase2_end_frac)
+        n = A.pts_teacher_prompts(
+            cfg.train.steps,
+            cfg.rollout.prompts_per_step,
+            teacher_sampling_ratio=cfg.pts.teacher_sampling_ratio,
+            phase1_end_frac=cfg.pts.phase1_end_frac,
+            phase2_end_frac=cfg.pts.phase2_end_frac,
+        )
         pool = pool[:n]
     greedy = cfg.sft.teacher_decoding == "greedy"
-    key = "-".join([cfg.sft.teacher_decoding, f"t{cfg.rollout.temperature}", f"p{cfg.rollout.top_p}",
-                    f"seed{cfg.seed}", "+".join(cfg.train.sources or world.sources), f"n{len(pool)}"])
+    key = "-".join(
+        [
+            cfg.sft.teacher_decoding,
+            f"t{cfg.rollout.temperature}",
+            f"p{cfg.rollout.top_p}",
+            f"seed{cfg.seed}",
+            "+".join(cfg.train.sources or world.sources),
+            f"n{len(pool)}",
+        ]
+    )
     cache = world.root / "teacher_data" / f"{key}.jsonl"
     if not cache.exists():
         g = torch.Generator(device="cpu").manual_seed(cfg.seed)
@@ -165,8 +179,15 @@ def teacher_dataset(cfg: RunConfig, world: World, teacher, device) -> list[tuple
         max_new = cfg.rollout.max_new_tokens or world.max_new_tokens()
         for s in range(0, len(pool), 512):
             chunk = pool[s : s + 512]
-            outs = generate(teacher, [CODEC.encode_prompt(p.prompt) for p in chunk], max_new,
-                            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, greedy=greedy, generator=g)
+            outs = generate(
+                teacher,
+                [CODEC.encode_prompt(p.prompt) for p in chunk],
+                max_new,
+                temperature=cfg.rollout.temperature,
+                top_p=cfg.rollout.top_p,
+                greedy=greedy,
+                generator=g,
+            )
             rows += [{"prompt": p.prompt, "response": o, "correct": verify(p, CODEC.decode(o))} for p, o in zip(chunk, outs)]
         atomic_write_text(cache, "".join(json.dumps(r) + "\n" for r in rows))
     rows = [json.loads(line) for line in cache.read_text().splitlines()]
@@ -185,13 +206,15 @@ def write_case_study(path: Path, problems, G: int, responses, rewards, cls, adv,
     order = sorted(range(len(responses)), key=lambda i: (i % G, i // G))[:n]
     for i in order:
         m = mask[i]
-        rows.append({
-            "prompt": problems[i // G].prompt,
-            "tokens": [CODEC.itos[t] for t in responses[i]],
-            "token_class": [int(c) for c in cls[i][m].tolist()],
-            "advantage": [round(float(a), 5) for a in adv[i][m].tolist()],
-            "reward": float(rewards[i]),
-        })
+        rows.append(
+            {
+                "prompt": problems[i // G].prompt,
+                "tokens": [CODEC.itos[t] for t in responses[i]],
+                "token_class": [int(c) for c in cls[i][m].tolist()],
+                "advantage": [round(float(a), 5) for a in adv[i][m].tolist()],
+                "reward": float(rewards[i]),
+            }
+        )
     atomic_write_text(path, json.dumps(rows, indent=1))
 
 
@@ -219,8 +242,10 @@ def load_checkpoint(run_dir: Path) -> tuple[int, torch.nn.Module | None, dict | 
         except Exception as e:  # noqa: BLE001 (whatever the reader raises, the files are bad)
             aside = move_aside(path, "corrupt")
             reason = (str(e).strip().splitlines() or [""])[0][:200]
-            status(f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason}); moved it to "
-                   f"{aside} and resuming from the checkpoint before it")
+            status(
+                f"warning: checkpoint {path} is unreadable ({type(e).__name__}: {reason}); moved it to "
+                f"{aside} and resuming from the checkpoint before it"
+            )
             continue
         return step, model, opt_state
     return 0, None, None
@@ -283,8 +308,10 @@ class Progress:
         done = step + 1
         rate = (time.time() - self.t0) / max(done - start, 1)
         eta = rate * (self.total - done)
-        line = f"step {done}/{self.total} reward {metrics.get('train/reward_mean', float('nan')):.3f} " \
-               f"loss {metrics['train/loss']:.4f} eta {eta:5.0f}s"
+        line = (
+            f"step {done}/{self.total} reward {metrics.get('train/reward_mean', float('nan')):.3f} "
+            f"loss {metrics['train/loss']:.4f} eta {eta:5.0f}s"
+        )
         if self.tty:
             print("\r" + line, end="" if done < self.total else "\n", file=sys.stderr, flush=True)
         elif done % self.every == 0 or done == self.total:
@@ -294,8 +321,15 @@ class Progress:
             status(f"{self.label}: step {done}/{self.total}, about {duration(eta)} left", stderr=False)
 
 
-def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=None, *, device: str | None = None,
-          on_eval: Callable[[int, dict], None] | None = None) -> Path:
+def train(
+    cfg: RunConfig,
+    run_dir: str | Path,
+    world_dir: str | Path,
+    tracker=None,
+    *,
+    device: str | None = None,
+    on_eval: Callable[[int, dict], None] | None = None,
+) -> Path:
     """Train one run to completion (resuming if ``run_dir`` has checkpoints); returns ``run_dir/final``.
 
     ``tracker`` receives ``log_metrics(metrics, step)`` and ``commit(step)`` after every
@@ -315,8 +349,11 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
     init_path = resolve_init(cfg, run_dir, world)
     start, student, opt_state = load_checkpoint(run_dir)
     student = (student if student is not None else load_model(init_path)).to(device)
-    needs_ref = method.family == "pg" and method.advantage == "routed" and not (
-        cfg.gate.lambda_base == 1.0 and not cfg.gate.sign_gate and cfg.gate.gate_all_tokens_as is None)
+    needs_ref = (
+        method.family == "pg"
+        and method.advantage == "routed"
+        and not (cfg.gate.lambda_base == 1.0 and not cfg.gate.sign_gate and cfg.gate.gate_all_tokens_as is None)
+    )
     ref = load_model(init_path).to(device).requires_grad_(False) if needs_ref else None
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     if opt_state is not None:
@@ -324,8 +361,11 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
     if tracker is not None:
         tracker.truncate_after(start)
     label = run_label(cfg, run_dir)
-    status(f"{label}: resuming from step {start}/{cfg.train.total_steps}" if start
-           else f"{label}: training, {cfg.train.total_steps} steps")
+    status(
+        f"{label}: resuming from step {start}/{cfg.train.total_steps}"
+        if start
+        else f"{label}: training, {cfg.train.total_steps} steps"
+    )
 
     steps, P, G = cfg.train.total_steps, cfg.rollout.prompts_per_step, cfg.rollout.group_size
     temp, top_p = cfg.rollout.temperature, cfg.rollout.top_p
@@ -392,8 +432,9 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
                     adv = torch.where(mask, a_rl[:, None].expand_as(adv), torch.zeros_like(adv))
                     gate_metrics.update(adv_mean=float(A.token_mean(adv, mask)), adv_abs_max=float(adv.abs().max()))
                 weight = A.stability_weight(adv, lp_old, mask, mode=cfg.stability.mode, clip=cfg.stability.clip)
-                loss, pg_metrics = A.ppo_clip_loss(logp, lp_old, adv, weight, mask,
-                                                   eps_low=cfg.optim.eps_low, eps_high=cfg.optim.eps_high)
+                loss, pg_metrics = A.ppo_clip_loss(
+                    logp, lp_old, adv, weight, mask, eps_low=cfg.optim.eps_low, eps_high=cfg.optim.eps_high
+                )
                 metrics.update({f"train/{k}": v for k, v in gate_metrics.items()})
                 metrics["train/clipfrac"] = pg_metrics["clipfrac"]
             metrics["train/kl_teacher"] = float(A.token_mean(lp_old - lp_teacher, mask))
@@ -418,9 +459,13 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
                     z_logp, _ = forward_logprobs(student, z_ids)
                     pts_loss, pts_metrics = A.pts_anchor_loss(z_logp, z_mask, kept.to(device))
                     loss = loss + alpha * pts_loss
-                    metrics.update({"train/pts_teacher_acc": float(correct.float().mean()),
-                                    "train/pts_kept": float(pts_metrics["pts_kept"]),
-                                    "train/pts_loss": pts_metrics["pts_loss"]})
+                    metrics.update(
+                        {
+                            "train/pts_teacher_acc": float(correct.float().mean()),
+                            "train/pts_kept": float(pts_metrics["pts_kept"]),
+                            "train/pts_loss": pts_metrics["pts_loss"],
+                        }
+                    )
 
         # 6. Optimiser step (a non-finite loss stops the run before it corrupts weights).
         loss_value = float(loss.detach())
@@ -434,26 +479,38 @@ def train(cfg: RunConfig, run_dir: str | Path, world_dir: str | Path, tracker=No
         # 7. Log (docs/algorithm.md section 10 names) and checkpoint.
         step_seconds = time.time() - t_step
         timing["update"] = step_seconds - timing["sample"] - timing["teacher"] - timing["ref"]
-        metrics.update({
-            "train/loss": loss_value,
-            "train/grad_norm": grad_norm,
-            "perf/step_seconds": step_seconds,
-            "perf/tokens_per_second": n_tokens / max(step_seconds, 1e-9),
-            **{f"perf/{k}_seconds": v for k, v in timing.items()},
-        })
+        metrics.update(
+            {
+                "train/loss": loss_value,
+                "train/grad_norm": grad_norm,
+                "perf/step_seconds": step_seconds,
+                "perf/tokens_per_second": n_tokens / max(step_seconds, 1e-9),
+                **{f"perf/{k}_seconds": v for k, v in timing.items()},
+            }
+        )
         if tracker is not None:
             tracker.log_metrics(metrics, step=step + 1)
         progress.update(step, start, metrics)
         done = step + 1
         result = None
-        if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < steps and (
-                tracker is not None or on_eval is not None):
+        if (
+            cfg.train.eval_every
+            and done % cfg.train.eval_every == 0
+            and done < steps
+            and (tracker is not None or on_eval is not None)
+        ):
             # Intermediate evaluation (per-benchmark accuracy over training); the final
             # one is the runner's.
-            result = evaluate(student, world.benchmarks(cfg.eval.benchmarks), n_samples=cfg.eval.n_samples,
-                              k=cfg.eval.k, temperature=cfg.eval.temperature, top_p=cfg.eval.top_p,
-                              max_new_tokens=cfg.eval.max_new_tokens or world.max_new_tokens(),
-                              seed=cfg.seed * 1_000_003 + done)
+            result = evaluate(
+                student,
+                world.benchmarks(cfg.eval.benchmarks),
+                n_samples=cfg.eval.n_samples,
+                k=cfg.eval.k,
+                temperature=cfg.eval.temperature,
+                top_p=cfg.eval.top_p,
+                max_new_tokens=cfg.eval.max_new_tokens or world.max_new_tokens(),
+                seed=cfg.seed * 1_000_003 + done,
+            )
             student.train()
             if tracker is not None:
                 tracker.log_metrics(eval_metrics(result), step=done)

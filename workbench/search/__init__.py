@@ -23,8 +23,7 @@ def run_search(ctx, *, workers: int, threads: int, reports_dir: str | Path | Non
     from workbench.search import study as S
 
     S.setup_study(ctx)
-    print(f"study {ctx.study_name}: storage {ctx.storage_url}, {ctx.space.n_trials} trials, run dirs {ctx.root}",
-          file=sys.stderr)
+    print(f"study {ctx.study_name}: storage {ctx.storage_url}, {ctx.space.n_trials} trials, run dirs {ctx.root}", file=sys.stderr)
     if workers == 0:
         return 0
     if workers == 1:
@@ -34,8 +33,10 @@ def run_search(ctx, *, workers: int, threads: int, reports_dir: str | Path | Non
         rc = S.run_workers(ctx, workers, threads=threads)
     study = S.load(ctx)
     if not S.is_finished(study, ctx.space.n_trials):
-        print(f"study {ctx.study_name} is not finished ({S.counts(study)}); run the same command again to resume it",
-              file=sys.stderr)
+        print(
+            f"study {ctx.study_name} is not finished ({S.counts(study)}); run the same command again to resume it",
+            file=sys.stderr,
+        )
         return rc or 1
     if reports_dir is not None:
         print(finalize(ctx, reports_dir=reports_dir, benchmarks=benchmarks))

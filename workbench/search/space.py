@@ -230,15 +230,19 @@ class SearchSpace(_Strict):
         for name, p in v.items():
             if p.above is not None:
                 if p.above not in seen:
-                    raise ValueError(f"{name}.above: {p.above!r} must be a parameter listed before {name!r} "
-                                     f"(earlier parameters: {', '.join(seen) or 'none'})")
+                    raise ValueError(
+                        f"{name}.above: {p.above!r} must be a parameter listed before {name!r} "
+                        f"(earlier parameters: {', '.join(seen) or 'none'})"
+                    )
                 parent = v[p.above]
                 if parent.type == "categorical":
                     raise ValueError(f"{name}.above: {p.above!r} is categorical; above needs a numeric parameter")
                 assert parent.high is not None and p.high is not None
                 if parent.high + p.min_gap > p.high + GAP_TOLERANCE:
-                    raise ValueError(f"{name}: high ({p.high}) must be >= {p.above}.high + min_gap "
-                                     f"({parent.high} + {p.min_gap}), or some draws of {p.above} leave no room")
+                    raise ValueError(
+                        f"{name}: high ({p.high}) must be >= {p.above}.high + min_gap "
+                        f"({parent.high} + {p.min_gap}), or some draws of {p.above} leave no room"
+                    )
             seen.append(name)
         return v
 
@@ -261,8 +265,7 @@ class SearchSpace(_Strict):
         for i, e in enumerate(self.enqueue):
             unknown = sorted(e.params.keys() - self.params.keys())
             if unknown:
-                raise ValueError(f"enqueue.{i}.params: {unknown} are not searched parameters "
-                                 f"(valid: {', '.join(self.params)})")
+                raise ValueError(f"enqueue.{i}.params: {unknown} are not searched parameters (valid: {', '.join(self.params)})")
             for name, value in e.params.items():
                 p = self.params[name]
                 parent = e.params.get(p.above) if p.above else None
@@ -323,8 +326,14 @@ def suggest(trial, space: SearchSpace) -> dict[str, Any]:
 
 def trial_overrides(space: SearchSpace, params: Mapping[str, Any], *, seed: int, name: str) -> dict[str, Any]:
     """Dotted overrides that turn the base run into one trial's training run."""
-    return {**space.fixed, **params, "seed": seed, "name": name, "train.eval_every": space.eval_every,
-            "eval.benchmarks": [VALIDATION_SPLIT]}
+    return {
+        **space.fixed,
+        **params,
+        "seed": seed,
+        "name": name,
+        "train.eval_every": space.eval_every,
+        "eval.benchmarks": [VALIDATION_SPLIT],
+    }
 
 
 def base_config_path(base: str) -> Path:
@@ -342,8 +351,7 @@ def base_config_path(base: str) -> Path:
         raise SearchSpaceError(f"base: {e}") from None
 
 
-def load_space(path: str | Path, *, scale: str | None = None,
-               n_trials: int | None = None) -> tuple[SearchSpace, str | None]:
+def load_space(path: str | Path, *, scale: str | None = None, n_trials: int | None = None) -> tuple[SearchSpace, str | None]:
     """Load and fully validate a search space; returns it with its effective scale.
     ``n_trials`` replaces the file's trial budget (``workbench search --trials``).
 
@@ -359,8 +367,9 @@ def load_space(path: str | Path, *, scale: str | None = None,
     return parse_space(data, source=str(path), scale=scale, n_trials=n_trials)
 
 
-def parse_space(data: Any, *, source: str = "search space", scale: str | None = None,
-                n_trials: int | None = None) -> tuple[SearchSpace, str | None]:
+def parse_space(
+    data: Any, *, source: str = "search space", scale: str | None = None, n_trials: int | None = None
+) -> tuple[SearchSpace, str | None]:
     if not isinstance(data, Mapping):
         raise SearchSpaceError(f"{source}: a search space must be a mapping, got {type(data).__name__}")
     if n_trials is not None:
@@ -399,8 +408,10 @@ def check_space(space: SearchSpace, scale: str | None) -> None:
             raise SearchSpaceError(f"{where} gives an invalid run config: {str(e).split(': ', 1)[-1]}") from None
     assert cfg is not None
     if space.eval_every >= cfg.train.total_steps:
-        raise SearchSpaceError(f"eval_every ({space.eval_every}) must be < the run's steps ({cfg.train.total_steps}), "
-                               "or no intermediate value is reported and nothing can be pruned")
+        raise SearchSpaceError(
+            f"eval_every ({space.eval_every}) must be < the run's steps ({cfg.train.total_steps}), "
+            "or no intermediate value is reported and nothing can be pruned"
+        )
     for field, build in (("sampler", space.make_sampler), ("pruner", space.make_pruner)):
         try:
             build()
@@ -416,8 +427,11 @@ def corner(space: SearchSpace, which: Literal["low", "high"]) -> dict[str, Any]:
             out[name] = (p.choices or ())[0 if which == "low" else -1]
             continue
         low, high = p.bounds(out[p.above] if p.above else None)
-        out[name] = (low if which == "low" else high) if p.type == "float" else int(math.ceil(low) if which == "low"
-                                                                                    else math.floor(high))
+        out[name] = (
+            (low if which == "low" else high)
+            if p.type == "float"
+            else int(math.ceil(low) if which == "low" else math.floor(high))
+        )
     return out
 
 

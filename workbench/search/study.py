@@ -76,10 +76,20 @@ class SearchContext:
         return METRICS.get(self.space.metric)
 
 
-def make_context(space_path: str | Path, *, scale: str | None = None, study: str | None = None,
-                 storage: str | None = None, out: str | Path = "results/search", world: str | Path | None = None,
-                 experiment: str | None = None, heartbeat_s: float = 30.0, stale_after_s: float = 600.0,
-                 poll_s: float = 2.0, n_trials: int | None = None) -> SearchContext:
+def make_context(
+    space_path: str | Path,
+    *,
+    scale: str | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    out: str | Path = "results/search",
+    world: str | Path | None = None,
+    experiment: str | None = None,
+    heartbeat_s: float = 30.0,
+    stale_after_s: float = 600.0,
+    poll_s: float = 2.0,
+    n_trials: int | None = None,
+) -> SearchContext:
     """Validate the space (before anything is created) and settle names and paths.
     ``n_trials`` replaces the space's trial budget (``--trials``)."""
     space, eff_scale = load_space(space_path, scale=scale, n_trials=n_trials)
@@ -87,11 +97,17 @@ def make_context(space_path: str | Path, *, scale: str | None = None, study: str
     name = study or (space.name if eff_scale == space.scale else f"{space.name}-{eff_scale}")
     root = Path(out) / name
     return SearchContext(
-        space_path=Path(space_path), space=space, scale=eff_scale, study_name=name,
-        storage_url=storage or str(root / "optuna.journal"), root=root,
+        space_path=Path(space_path),
+        space=space,
+        scale=eff_scale,
+        study_name=name,
+        storage_url=storage or str(root / "optuna.journal"),
+        root=root,
         world=Path(world) if world else Path("results") / (eff_scale or "mini") / "world",
         experiment=experiment or f"sgopd-search-{eff_scale or 'default'}",
-        heartbeat_s=heartbeat_s, stale_after_s=stale_after_s, poll_s=poll_s,
+        heartbeat_s=heartbeat_s,
+        stale_after_s=stale_after_s,
+        poll_s=poll_s,
     )
 
 
@@ -133,8 +149,12 @@ def load(ctx: SearchContext, storage=None, trial_number: int | None = None):
     """A fresh ``optuna.Study`` handle (a fresh one per trial: no stale trial cache)."""
     import optuna
 
-    return optuna.load_study(study_name=ctx.study_name, storage=storage or open_storage(ctx.storage_url),
-                             sampler=ctx.space.make_sampler(trial_number), pruner=ctx.space.make_pruner())
+    return optuna.load_study(
+        study_name=ctx.study_name,
+        storage=storage or open_storage(ctx.storage_url),
+        sampler=ctx.space.make_sampler(trial_number),
+        pruner=ctx.space.make_pruner(),
+    )
 
 
 # -- setup -----------------------------------------------------------------------------------
@@ -147,14 +167,22 @@ def setup_study(ctx: SearchContext):
     storage = open_storage(ctx.storage_url)
     h = ctx.space.space_hash(ctx.scale)
     with study_lock(ctx.root):
-        study = optuna.create_study(study_name=ctx.study_name, storage=storage, direction=ctx.space.direction,
-                                    sampler=ctx.space.make_sampler(), pruner=ctx.space.make_pruner(), load_if_exists=True)
+        study = optuna.create_study(
+            study_name=ctx.study_name,
+            storage=storage,
+            direction=ctx.space.direction,
+            sampler=ctx.space.make_sampler(),
+            pruner=ctx.space.make_pruner(),
+            load_if_exists=True,
+        )
         old = study.user_attrs.get(SPACE_HASH)
         if old is not None and old != h:
             started = study.user_attrs.get(SPACE_DUMP, {}).get("n_trials")
             same = f"the same --trials ({started}), " if started not in (None, ctx.space.n_trials) else ""
-            raise SearchSpaceError(f"study {ctx.study_name!r} in {ctx.storage_url} was started with another search "
-                                   f"space (hash {old}, now {h}); use {same}a new --study, or restore {ctx.space_path}")
+            raise SearchSpaceError(
+                f"study {ctx.study_name!r} in {ctx.storage_url} was started with another search "
+                f"space (hash {old}, now {h}); use {same}a new --study, or restore {ctx.space_path}"
+            )
         if old is None:
             study.set_user_attr(SPACE_HASH, h)
             study.set_user_attr(SPACE_DUMP, ctx.space.model_dump(mode="json"))
@@ -165,9 +193,17 @@ def setup_study(ctx: SearchContext):
             study.set_user_attr(PARENT, parent)
             study.set_user_attr(EXPERIMENT, ctx.experiment)
         # Mirrored locally: `workbench eval --grid` reads experiment and parent run from it.
-        atomic_write_json(ctx.root / "study.json", {
-            "study": ctx.study_name, "storage": ctx.storage_url, "experiment": study.user_attrs[EXPERIMENT],
-            "parent_run_id": parent, "scale": ctx.scale, "space": str(ctx.space_path)})
+        atomic_write_json(
+            ctx.root / "study.json",
+            {
+                "study": ctx.study_name,
+                "storage": ctx.storage_url,
+                "experiment": study.user_attrs[EXPERIMENT],
+                "parent_run_id": parent,
+                "scale": ctx.scale,
+                "space": str(ctx.space_path),
+            },
+        )
         trials = study.get_trials(deepcopy=False)
         have = {t.user_attrs.get(LABEL) for t in trials}
         todo = [e for e in ctx.space.enqueue if e.label not in have]
@@ -182,8 +218,13 @@ def _start_parent(ctx: SearchContext) -> str:
     from workbench.tracking import Tracker
 
     tags = {"workbench.kind": "search", "optuna.study": ctx.study_name, "scale": str(ctx.scale)}
-    with Tracker(ctx.root / "parent", experiment=ctx.experiment, run_name=f"search-{ctx.study_name}", tags=tags,
-                 config={"space": ctx.space.model_dump(mode="json"), "storage": ctx.storage_url}) as tracker:
+    with Tracker(
+        ctx.root / "parent",
+        experiment=ctx.experiment,
+        run_name=f"search-{ctx.study_name}",
+        tags=tags,
+        config={"space": ctx.space.model_dump(mode="json"), "storage": ctx.storage_url},
+    ) as tracker:
         return tracker.run_id
 
 
@@ -218,7 +259,7 @@ def _process_start(pid: int) -> int | None:
         except PermissionError:
             return 0
         return 0
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     if fields[0] in ("Z", "X"):  # killed but not yet reaped by its parent
         return None
     return int(fields[19])
@@ -342,8 +383,13 @@ def run_trial(ctx: SearchContext, storage, trial_id: int) -> str:
     name = f"{ctx.study_name}-trial-{number}"
     parent = study.user_attrs[PARENT]
     experiment = study.user_attrs.get(EXPERIMENT, ctx.experiment)
-    tags = {"workbench.kind": "trial", "optuna.study": ctx.study_name, "optuna.trial": number,
-            "run": f"trial-{number}", "search.label": label or ""}
+    tags = {
+        "workbench.kind": "trial",
+        "optuna.study": ctx.study_name,
+        "optuna.trial": number,
+        "run": f"trial-{number}",
+        "search.label": label or "",
+    }
     progress = {"step": 0}
     t0 = time.time()
     state, value, error = TrialState.COMPLETE, None, None
@@ -352,23 +398,35 @@ def run_trial(ctx: SearchContext, storage, trial_id: int) -> str:
             params = suggest(trial, ctx.space)  # a resumed trial reads back the parameters it had
             _say(f"trial {number} starts{f' ({label})' if label else ''}: {_fmt(params)}")
             base = base_config_path(ctx.space.base)
-            configs = [resolve_config(base, scale=ctx.scale, overrides=trial_overrides(ctx.space, params, seed=s, name=name))
-                       for s in ctx.space.seeds]
+            configs = [
+                resolve_config(base, scale=ctx.scale, overrides=trial_overrides(ctx.space, params, seed=s, name=name))
+                for s in ctx.space.seeds
+            ]
             per_seed = configs[0].train.total_steps
             trial.set_user_attr(RUN_DIR, str(trial_dir))
             trial.set_user_attr(STEPS_TOTAL, per_seed * len(configs))
-            with Tracker(trial_dir, experiment=experiment, run_name=name, tags=tags, parent_run_id=parent,
-                         config={**params, "seeds": list(ctx.space.seeds), "study": ctx.study_name,
-                                 "label": label or ""}) as tt:
+            with Tracker(
+                trial_dir,
+                experiment=experiment,
+                run_name=name,
+                tags=tags,
+                parent_run_id=parent,
+                config={**params, "seeds": list(ctx.space.seeds), "study": ctx.study_name, "label": label or ""},
+            ) as tt:
                 try:
                     values = []
                     for i, cfg in enumerate(configs):
-                        hook = _reporter(trial, storage, trial_id, tt, offset=i * per_seed, key=ctx.metric_key,
-                                         progress=progress)
+                        hook = _reporter(trial, storage, trial_id, tt, offset=i * per_seed, key=ctx.metric_key, progress=progress)
                         # cfg.eval.benchmarks is the validation split: no benchmark is seen here.
-                        result = runner.train_run(cfg, run_dir=trial_dir / f"seed{cfg.seed}", world=ctx.world,
-                                                  experiment=experiment, parent_run_id=tt.run_id, on_eval=hook,
-                                                  tags={"workbench.kind": "trial-run", "optuna.trial": number})
+                        result = runner.train_run(
+                            cfg,
+                            run_dir=trial_dir / f"seed{cfg.seed}",
+                            world=ctx.world,
+                            experiment=experiment,
+                            parent_run_id=tt.run_id,
+                            on_eval=hook,
+                            tags={"workbench.kind": "trial-run", "optuna.trial": number},
+                        )
                         values.append(100 * float(result[ctx.metric_key]))
                     value = statistics.fmean(values)
                     progress["step"] = per_seed * len(configs)
@@ -434,10 +492,33 @@ def _reporter(trial, storage, trial_id: int, tracker, *, offset: int, key: str, 
 
 
 def worker_command(ctx: SearchContext, *, threads: int) -> list[str]:
-    cmd = [sys.executable, "-m", "workbench", "search-worker", str(ctx.space_path), "--study", ctx.study_name,
-           "--storage", ctx.storage_url, "--out", str(ctx.root.parent), "--world", str(ctx.world),
-           "--experiment", ctx.experiment, "--threads", str(threads), "--heartbeat", str(ctx.heartbeat_s),
-           "--stale-after", str(ctx.stale_after_s), "--poll", str(ctx.poll_s), "--trials", str(ctx.space.n_trials)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench",
+        "search-worker",
+        str(ctx.space_path),
+        "--study",
+        ctx.study_name,
+        "--storage",
+        ctx.storage_url,
+        "--out",
+        str(ctx.root.parent),
+        "--world",
+        str(ctx.world),
+        "--experiment",
+        ctx.experiment,
+        "--threads",
+        str(threads),
+        "--heartbeat",
+        str(ctx.heartbeat_s),
+        "--stale-after",
+        str(ctx.stale_after_s),
+        "--poll",
+        str(ctx.poll_s),
+        "--trials",
+        str(ctx.space.n_trials),
+    ]
     return cmd + (["--scale", ctx.scale] if ctx.scale else [])
 
 
@@ -490,9 +571,18 @@ def benchmark_eval(ctx: SearchContext, trial) -> dict | None:
         if out.exists():
             results.append(json.loads(out.read_text()))
             continue
-        results.append(eval_model(str(final), world=ctx.world, out=out, config=str(base_config_path(ctx.space.base)),
-                                  scale=ctx.scale, name=f"{ctx.study_name}/trial-{trial.number}", seed=seed,
-                                  grid=ctx.root / "study.json"))
+        results.append(
+            eval_model(
+                str(final),
+                world=ctx.world,
+                out=out,
+                config=str(base_config_path(ctx.space.base)),
+                scale=ctx.scale,
+                name=f"{ctx.study_name}/trial-{trial.number}",
+                seed=seed,
+                grid=ctx.root / "study.json",
+            )
+        )
     return mean_results(results)
 
 
@@ -500,8 +590,9 @@ def mean_results(results: list[dict]) -> dict:
     """Per-benchmark and AVG avg@k / pass@k averaged over seeds."""
     keys = ("avg_at_k", "pass_at_k")
     out = {"k": results[0]["k"], "seeds": len(results), **{k: statistics.fmean(r[k] for r in results) for k in keys}}
-    out["benchmarks"] = {b: {k: statistics.fmean(r["benchmarks"][b][k] for r in results) for k in keys}
-                         for b in results[0]["benchmarks"]}
+    out["benchmarks"] = {
+        b: {k: statistics.fmean(r["benchmarks"][b][k] for r in results) for k in keys} for b in results[0]["benchmarks"]
+    }
     return out
 
 

@@ -34,9 +34,17 @@ from workbench.algo.gate import CONFLICT, CONSENSUS
 
 #: Route keyword arguments of ``workbench.algo.route_advantage`` (GateConfig's fields).
 ROUTE_KEYS = (
-    "sign_gate", "lambda_base", "lambda_high", "disagree_mode", "disagree_interp_beta",
-    "gate_all_tokens_as", "gate_levels", "cell_lambda_pos_pos", "cell_lambda_neg_neg",
-    "cell_beta_pos_neg", "cell_beta_neg_pos",
+    "sign_gate",
+    "lambda_base",
+    "lambda_high",
+    "disagree_mode",
+    "disagree_interp_beta",
+    "gate_all_tokens_as",
+    "gate_levels",
+    "cell_lambda_pos_pos",
+    "cell_lambda_neg_neg",
+    "cell_beta_pos_neg",
+    "cell_beta_neg_pos",
 )
 
 
@@ -149,8 +157,16 @@ def driver_fields(
     anchor = torch.zeros(B, dtype=torch.bool, device=mask.device) if anchor is None else anchor.to(torch.bool)
     kept = torch.zeros_like(anchor) if kept is None else kept.to(torch.bool)
     student = mask.to(torch.bool) & ~anchor[:, None]
-    _, weight, _, _ = routed_advantage(a_rl, lp_old, lp_teacher, lp_ref, student, route_kwargs=route_kwargs,
-                                       stability_mode=stability_mode, stability_clip=stability_clip)
+    _, weight, _, _ = routed_advantage(
+        a_rl,
+        lp_old,
+        lp_teacher,
+        lp_ref,
+        student,
+        route_kwargs=route_kwargs,
+        stability_mode=stability_mode,
+        stability_clip=stability_clip,
+    )
     return {"sgopd_weight": weight.to(torch.float32), "sgopd_row_scale": row_scales(mask, anchor, kept, alpha)}
 
 
@@ -177,8 +193,17 @@ def token_advantage(
     """
     m = mask.to(torch.bool)
     student = m if anchor is None else m & ~anchor.to(torch.bool)[:, None]
-    adv, w, _, metrics = routed_advantage(a_rl, lp_old, lp_teacher, lp_ref, student, route_kwargs=route_kwargs,
-                                            stability_mode=stability_mode, stability_clip=stability_clip, weight=weight)
+    adv, w, _, metrics = routed_advantage(
+        a_rl,
+        lp_old,
+        lp_teacher,
+        lp_ref,
+        student,
+        route_kwargs=route_kwargs,
+        stability_mode=stability_mode,
+        stability_clip=stability_clip,
+        weight=weight,
+    )
     out = adv * w
     if anchor is not None:
         out = torch.where(m & anchor.to(torch.bool)[:, None], torch.ones((), dtype=out.dtype, device=out.device), out)
@@ -196,6 +221,13 @@ def token_advantage(
 
 
 __all__ = [
-    "CONFLICT", "CONSENSUS", "ROUTE_KEYS", "class_counts", "driver_fields", "needs_reference",
-    "routed_advantage", "row_scales", "token_advantage",
+    "CONFLICT",
+    "CONSENSUS",
+    "ROUTE_KEYS",
+    "class_counts",
+    "driver_fields",
+    "needs_reference",
+    "routed_advantage",
+    "row_scales",
+    "token_advantage",
 ]

@@ -91,7 +91,9 @@ def _validate_ppo(cfg, job: Job, result: RunCheck) -> None:
         if pool < 1:
             result.errors.append(f"the teacher pool has {pool} GPUs; verl serves the teacher on its own pool (1+)")
         teacher = next(iter(dist.teacher_models.values()))
-        result.notes.append(f"loss={loss.loss_mode} teacher_pool={pool} (x{teacher.num_replicas} tp{teacher.inference.tensor_model_parallel_size})")
+        result.notes.append(
+            f"loss={loss.loss_mode} teacher_pool={pool} (x{teacher.num_replicas} tp{teacher.inference.tensor_model_parallel_size})"
+        )
         if loss.loss_mode == "sgopd":
             if loss.needs_reference() and not need_reference_policy(cfg):
                 result.errors.append("the gate needs ref_log_prob but no reference policy is enabled")
@@ -132,8 +134,9 @@ def _validate_sft(cfg, job: Job, result: RunCheck) -> None:
     if cfg.data.train_batch_size % (cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes):
         result.errors.append("data.train_batch_size must divide by the number of GPUs")
     if cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes != job.gpus:  # torchrun starts job.gpus processes
-        result.errors.append(f"the SFT trainer expects {cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes} GPUs "
-                             f"but the job requests {job.gpus}")
+        result.errors.append(
+            f"the SFT trainer expects {cfg.trainer.n_gpus_per_node * cfg.trainer.nnodes} GPUs but the job requests {job.gpus}"
+        )
     td = job.teacher_data or {}
     budget = "all prompts" if td.get("max_prompts") is None else f"{td['max_prompts']} prompts"
     result.notes.append(f"teacher data: {td.get('decoding')} decoding, {budget}, filter_correct={td.get('filter_correct')}")
@@ -150,7 +153,9 @@ def check_job(job: Job) -> RunCheck:
             result.errors.append("trainer.logger has mlflow but mlflow is not installed (verl would drop it silently)")
     except Exception as e:  # noqa: BLE001 - every failure is a line of the report
         msg = str(e).strip().splitlines()
-        text = f"{msg[0] if msg else ''}" + (f" ({msg[-2] if msg[-1].startswith('full_key') else msg[-1]})" if len(msg) > 1 else "")
+        text = f"{msg[0] if msg else ''}" + (
+            f" ({msg[-2] if msg[-1].startswith('full_key') else msg[-1]})" if len(msg) > 1 else ""
+        )
         result.errors.append(f"{type(e).__name__}: {text[:300]}")
     result.ok = not result.errors
     result.seconds = time.time() - t0
@@ -166,8 +171,13 @@ def grid_configs(runs_dir: str | Path = "experiments/runs", runs: Iterable[str] 
         yield name, load_config(runs_dir / f"{name}.yaml")
 
 
-def check_grid(scale: Scale, runs_dir: str | Path = "experiments/runs", runs: Iterable[str] | None = None,
-               seed: int | None = None, results: str | Path = "results") -> list[RunCheck]:
+def check_grid(
+    scale: Scale,
+    runs_dir: str | Path = "experiments/runs",
+    runs: Iterable[str] | None = None,
+    seed: int | None = None,
+    results: str | Path = "results",
+) -> list[RunCheck]:
     import workbench.backends.verl.register  # noqa: F401  (the driver process's registrations)
 
     out = []

@@ -62,9 +62,22 @@ def _overrides(args: argparse.Namespace) -> int:
 
     job = build_job(_run_config(args), _scale(args), seed=args.seed, experiment=args.experiment, results=args.results)
     if args.format == "json":
-        print(json.dumps({"run": job.run_id, "kind": job.kind, "module": job.module, "gpus": job.gpus,
-                          "nodes": job.nodes, "run_dir": job.run_dir, "env": job.env,
-                          "teacher_data": job.teacher_data, "overrides": job.overrides}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "run": job.run_id,
+                    "kind": job.kind,
+                    "module": job.module,
+                    "gpus": job.gpus,
+                    "nodes": job.nodes,
+                    "run_dir": job.run_dir,
+                    "env": job.env,
+                    "teacher_data": job.teacher_data,
+                    "overrides": job.overrides,
+                },
+                indent=1,
+            )
+        )
     elif args.format == "shell":
         print(job.shell())
     else:
@@ -98,8 +111,9 @@ def _launch(args: argparse.Namespace) -> int:
     job = prepare_launch(job, dry_run=args.dry_run)  # inputs and CUDA torch checked before any compute
     run_id = uri = None
     if not args.dry_run:
-        run_id, uri = launch.ensure_mlflow_run(job, cfg, experiment=args.experiment,
-                                               parent_run_id=args.parent_run_id, tracking_uri=args.tracking_uri)
+        run_id, uri = launch.ensure_mlflow_run(
+            job, cfg, experiment=args.experiment, parent_run_id=args.parent_run_id, tracking_uri=args.tracking_uri
+        )
     elif args.mlflow_run_id:
         run_id, uri = args.mlflow_run_id, args.tracking_uri
     return launch.run(launch.plan(job, mlflow_run_id=run_id, tracking_uri=uri), dry_run=args.dry_run)
@@ -126,8 +140,10 @@ def _realscale_eval(args: argparse.Namespace) -> int:
         if not Path(args.mlflow_run_file).is_file():
             from workbench.errors import UserError
 
-            raise UserError(f"--mlflow-run-file {args.mlflow_run_file}: no such file (verl-launch writes it "
-                            "when the run starts: was this run trained with the same --results and --scale?)")
+            raise UserError(
+                f"--mlflow-run-file {args.mlflow_run_file}: no such file (verl-launch writes it "
+                "when the run starts: was this run trained with the same --results and --scale?)"
+            )
         state = json.loads(Path(args.mlflow_run_file).read_text())
         args.mlflow_run_id, args.tracking_uri = state["run_id"], args.tracking_uri or state["tracking_uri"]
     names = args.benchmark or list(R.BENCHMARKS)
@@ -144,12 +160,28 @@ def _realscale_eval(args: argparse.Namespace) -> int:
 
     _output(args.out, "--out", directory=True)
     benches = {b: (R.BENCHMARKS[b], R.load_benchmark(b, sources.get(b), limit=args.limit)) for b in names}
-    engine = R.make_engine(args.engine, args.model, tensor_parallel_size=args.tensor_parallel_size,
-                           max_model_len=args.max_model_len, batch_size=args.batch_size,
-                           chat_template=not args.no_chat_template)
-    result = R.evaluate(engine, benches, n_samples=args.n_samples, k=args.k, temperature=args.temperature,
-                        top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed, out_dir=args.out,
-                        grade_workers=args.grade_workers, grade_timeout=args.grade_timeout, label=args.label or args.model)
+    engine = R.make_engine(
+        args.engine,
+        args.model,
+        tensor_parallel_size=args.tensor_parallel_size,
+        max_model_len=args.max_model_len,
+        batch_size=args.batch_size,
+        chat_template=not args.no_chat_template,
+    )
+    result = R.evaluate(
+        engine,
+        benches,
+        n_samples=args.n_samples,
+        k=args.k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        out_dir=args.out,
+        grade_workers=args.grade_workers,
+        grade_timeout=args.grade_timeout,
+        label=args.label or args.model,
+    )
     for b, r in result["benchmarks"].items():
         print(f"{b:12s} avg@{args.k} {100 * r['avg_at_k']:6.2f}  pass@{args.k} {100 * r['pass_at_k']:6.2f}")
     print(f"{'AVG':12s} avg@{args.k} {100 * result['avg_at_k']:6.2f}  pass@{args.k} {100 * result['pass_at_k']:6.2f}")
@@ -163,9 +195,17 @@ def _realscale_eval(args: argparse.Namespace) -> int:
         from workbench.runner import log_eval_run
 
         ev = {k: result[k] for k in ("n_samples", "k", "temperature", "top_p", "max_new_tokens")}
-        log_eval_run(Path(args.out) / "mlflow", grid, label=args.label, seed=args.seed, backend="verl",
-                     metrics=result["metrics"], result=result, tracking_uri=args.tracking_uri,
-                     config={"eval": {**ev, "benchmarks": names}, "model": args.model})
+        log_eval_run(
+            Path(args.out) / "mlflow",
+            grid,
+            label=args.label,
+            seed=args.seed,
+            backend="verl",
+            metrics=result["metrics"],
+            result=result,
+            tracking_uri=args.tracking_uri,
+            config={"eval": {**ev, "benchmarks": names}, "model": args.model},
+        )
     return 0
 
 
@@ -200,8 +240,9 @@ def _stage(args: argparse.Namespace) -> int:
 def _realscale_data(args: argparse.Namespace) -> int:
     from workbench.backends.verl import realscale as R
 
-    spec = R.BENCHMARKS.get(args.dataset) or R.BenchmarkSpec(args.dataset, args.dataset, split=args.split,
-                                                            answer_format=args.answer_format, template=args.template)
+    spec = R.BENCHMARKS.get(args.dataset) or R.BenchmarkSpec(
+        args.dataset, args.dataset, split=args.split, answer_format=args.answer_format, template=args.template
+    )
     problems = R.load_benchmark(spec, args.source, limit=args.limit)
     out = R.write_parquet(R.to_verl_rows(problems, args.data_source or spec.name, answer_format=spec.answer_format), args.out)
     print(f"{len(problems)} prompts -> {out}")
@@ -214,16 +255,27 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
 
     def scale_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--scale", default="paper", help="scale name (scales/*.yaml) or YAML path (default: %(default)s)")
-        p.add_argument("--scale-set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a scale field, e.g. --scale-set cluster.gpus_per_node=8 (repeatable)")
+        p.add_argument(
+            "--scale-set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a scale field, e.g. --scale-set cluster.gpus_per_node=8 (repeatable)",
+        )
         p.add_argument("--runs-dir", default=RUNS_DIR, help="grid run configs (default: %(default)s)")
-        p.add_argument("--results", default="results", help="results root: a run's files go to "
-                       "RESULTS/SCALE/verl-runs/RUN/seedN (default: %(default)s)")
+        p.add_argument(
+            "--results",
+            default="results",
+            help="results root: a run's files go to RESULTS/SCALE/verl-runs/RUN/seedN (default: %(default)s)",
+        )
         p.add_argument("--seed", type=_seed, default=None, help="seed (default: the run config's)")
 
-    p = verbs.add_parser("verl-overrides", help="print the verl Hydra overrides of a grid run",
-                         description="Print the complete verl 0.9 Hydra override list of one grid run at a "
-                         "scale (one per line), or the full command (--format shell) or job (--format json).")
+    p = verbs.add_parser(
+        "verl-overrides",
+        help="print the verl Hydra overrides of a grid run",
+        description="Print the complete verl 0.9 Hydra override list of one grid run at a "
+        "scale (one per line), or the full command (--format shell) or job (--format json).",
+    )
     p.add_argument("--run", required=True, help="run id (experiments/runs/ID.yaml) or a run config path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a run config field")
     p.add_argument("--experiment", default="sgopd-verl", help="MLflow experiment (default: %(default)s)")
@@ -231,17 +283,23 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     scale_args(p)
     p.set_defaults(handler=_overrides)
 
-    p = verbs.add_parser("verl-check", help="compose and validate verl's config for every grid run (CPU)",
-                         description="Compose verl's full Hydra config for each grid run with its overrides, "
-                         "run verl's validation and instantiate its config dataclasses, on CPU without "
-                         "downloading anything. One line per run; exit status 1 if any run fails.")
+    p = verbs.add_parser(
+        "verl-check",
+        help="compose and validate verl's config for every grid run (CPU)",
+        description="Compose verl's full Hydra config for each grid run with its overrides, "
+        "run verl's validation and instantiate its config dataclasses, on CPU without "
+        "downloading anything. One line per run; exit status 1 if any run fails.",
+    )
     p.add_argument("--run", action="append", default=[], help="check only this run id (repeatable)")
     scale_args(p)
     p.set_defaults(handler=_check)
 
-    p = verbs.add_parser("verl-launch", help="run one grid run as a verl job (GPU cluster)",
-                         description="Create (or resume) the run's MLflow child run, then run the verl job "
-                         "with the run's overrides and export the final model. --dry-run prints the commands.")
+    p = verbs.add_parser(
+        "verl-launch",
+        help="run one grid run as a verl job (GPU cluster)",
+        description="Create (or resume) the run's MLflow child run, then run the verl job "
+        "with the run's overrides and export the final model. --dry-run prints the commands.",
+    )
     p.add_argument("--run", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--experiment", default="sgopd-verl")
@@ -252,15 +310,23 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     scale_args(p)
     p.set_defaults(handler=_launch)
 
-    p = verbs.add_parser("realscale-eval", help="evaluate a model on AIME24/25 and HMMT25 (vLLM or transformers)",
-                         description="Sample n responses per problem, grade them with math-verify (process pool, "
-                         "hard per-answer timeout), write per-sample results and avg@k / pass@k.")
+    p = verbs.add_parser(
+        "realscale-eval",
+        help="evaluate a model on AIME24/25 and HMMT25 (vLLM or transformers)",
+        description="Sample n responses per problem, grade them with math-verify (process pool, "
+        "hard per-answer timeout), write per-sample results and avg@k / pass@k.",
+    )
     p.add_argument("model", help="model directory or hub id")
     p.add_argument("--out", required=True, help="output directory (results.json, <benchmark>.samples.jsonl)")
     p.add_argument("--engine", choices=("vllm", "transformers"), default="vllm")
     p.add_argument("--benchmark", action="append", default=[], help="benchmark name (repeatable; default: all four)")
-    p.add_argument("--source", action="append", default=[], metavar="NAME=PATH_OR_HUB_ID",
-                   help="where a benchmark's data is: a local parquet/JSONL file or a hub id")
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="NAME=PATH_OR_HUB_ID",
+        help="where a benchmark's data is: a local parquet/JSONL file or a hub id",
+    )
     p.add_argument("--n-samples", type=_positive_int, default=32)
     p.add_argument("--k", type=_positive_int, default=32)
     p.add_argument("--temperature", type=_positive_float, default=0.6)
@@ -279,25 +345,40 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--mlflow-run-file", default=None, help="a run's verl_run.json: log into that MLflow run")
     p.add_argument("--step", type=_nonneg_int, default=0, help="MLflow step of the eval metrics")
-    p.add_argument("--grid", default=None, help="grid file of `workbench grid-start`: log the evaluation as the "
-                   "grid's child run tagged run=LABEL, seed=SEED, workbench.kind=eval (student-init, teacher, ...)")
+    p.add_argument(
+        "--grid",
+        default=None,
+        help="grid file of `workbench grid-start`: log the evaluation as the "
+        "grid's child run tagged run=LABEL, seed=SEED, workbench.kind=eval (student-init, teacher, ...)",
+    )
     p.set_defaults(handler=_realscale_eval)
 
-    p = verbs.add_parser("verl-stage", help="stage a scale's training, validation and benchmark files from local data",
-                         description="Write every data file the scale names (data.sources, data.val_files: verl RL "
-                         "parquet; eval.benchmarks: id/problem/answer parquet) from local parquet/JSON/JSONL files "
-                         "or folders, one folder per set under --from (the set: the staged file's folder name, or "
-                         "its stem where files share a folder). Nothing is downloaded. See docs/verl.md.")
+    p = verbs.add_parser(
+        "verl-stage",
+        help="stage a scale's training, validation and benchmark files from local data",
+        description="Write every data file the scale names (data.sources, data.val_files: verl RL "
+        "parquet; eval.benchmarks: id/problem/answer parquet) from local parquet/JSON/JSONL files "
+        "or folders, one folder per set under --from (the set: the staged file's folder name, or "
+        "its stem where files share a folder). Nothing is downloaded. See docs/verl.md.",
+    )
     p.add_argument("--from", dest="from_dir", default="data/raw", help="the offline layout (default: %(default)s)")
-    p.add_argument("--source", action="append", default=[], metavar="SET=PATH",
-                   help="a set's file or folder elsewhere than FROM/SET (repeatable)")
+    p.add_argument(
+        "--source",
+        action="append",
+        default=[],
+        metavar="SET=PATH",
+        help="a set's file or folder elsewhere than FROM/SET (repeatable)",
+    )
     p.add_argument("--limit", type=_positive_int, default=None, help="first N problems of each set")
     scale_args(p)
     p.set_defaults(handler=_stage)
 
-    p = verbs.add_parser("realscale-data", help="write a math dataset as verl RL parquet",
-                         description="Load a dataset with `datasets` (hub id or local parquet/JSONL) and write "
-                         "verl's RL parquet (chat prompt, ground truth) for training or validation.")
+    p = verbs.add_parser(
+        "realscale-data",
+        help="write a math dataset as verl RL parquet",
+        description="Load a dataset with `datasets` (hub id or local parquet/JSONL) and write "
+        "verl's RL parquet (chat prompt, ground truth) for training or validation.",
+    )
     p.add_argument("dataset", help="a benchmark name or a dataset id")
     p.add_argument("--out", required=True)
     p.add_argument("--source", default=None, help="local file or hub id (default: the dataset id)")
@@ -305,8 +386,9 @@ def add_verbs(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=_positive_int, default=None)
     p.add_argument("--data-source", default=None, help="verl data_source column (default: the dataset name)")
     p.add_argument("--answer-format", choices=("boxed", "hash"), default="boxed")
-    p.add_argument("--template", default="{problem}\n" + "Please reason step by step, and put your final answer "
-                   "within \\boxed{}.")
+    p.add_argument(
+        "--template", default="{problem}\n" + "Please reason step by step, and put your final answer within \\boxed{}."
+    )
     p.set_defaults(handler=_realscale_data)
 
 

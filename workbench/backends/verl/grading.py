@@ -133,8 +133,15 @@ class GradingPool:
     tries), a free worker ``queue_timeout`` (then ``TimeoutError``: loud, not a score).
     """
 
-    def __init__(self, workers: int | None = None, timeout: float = 10.0, start_method: str | None = None, *,
-                 start_timeout: float = 60.0, queue_timeout: float = 600.0):
+    def __init__(
+        self,
+        workers: int | None = None,
+        timeout: float = 10.0,
+        start_method: str | None = None,
+        *,
+        start_timeout: float = 60.0,
+        queue_timeout: float = 600.0,
+    ):
         self.n = max(1, workers or min(4, os.cpu_count() or 1))
         self.timeout = float(timeout)
         self.start_timeout = float(start_timeout)
@@ -274,7 +281,13 @@ class GradingPool:
         self.close()
 
 
-def grade_all(responses: Sequence[str], golds: Sequence[str], *, answer_format: str = "boxed",
-              workers: int | None = None, timeout: float = 10.0) -> list[Grade]:
+def grade_all(
+    responses: Sequence[str],
+    golds: Sequence[str],
+    *,
+    answer_format: str = "boxed",
+    workers: int | None = None,
+    timeout: float = 10.0,
+) -> list[Grade]:
     with GradingPool(workers, timeout) as pool:
         return pool.grade(zip(responses, golds), answer_format)

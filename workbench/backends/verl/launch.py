@@ -74,10 +74,12 @@ def check_tracking_store(uri: str, environ: Mapping[str, str] | None = None) -> 
     environ = os.environ if environ is None else environ
     scheme = uri.split(":", 1)[0].lower() if "://" in uri else "file"
     if "SLURM_JOB_ID" in environ and scheme in ("sqlite", "file"):
-        raise UserError(f"MLflow store {uri} is a {scheme} store, and this is SLURM job {environ['SLURM_JOB_ID']}: "
-                        "concurrent jobs would share one file on a shared filesystem; start a tracking server "
-                        "(`mlflow server --backend-store-uri postgresql://...`, see docs/verl.md) and set "
-                        "MLFLOW_TRACKING_URI=http://HOST:PORT (or --tracking-uri)")
+        raise UserError(
+            f"MLflow store {uri} is a {scheme} store, and this is SLURM job {environ['SLURM_JOB_ID']}: "
+            "concurrent jobs would share one file on a shared filesystem; start a tracking server "
+            "(`mlflow server --backend-store-uri postgresql://...`, see docs/verl.md) and set "
+            "MLFLOW_TRACKING_URI=http://HOST:PORT (or --tracking-uri)"
+        )
 
 
 def ensure_mlflow_run(job: Job, cfg, *, experiment: str, parent_run_id: str | None, tracking_uri: str | None) -> tuple[str, str]:
@@ -107,14 +109,14 @@ def ensure_mlflow_run(job: Job, cfg, *, experiment: str, parent_run_id: str | No
     tags = {**standard_tags(cfg), "backend": "verl", "run": job.run_id, "seed": str(job.paths.seed)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=f"{job.run_id}-seed{job.paths.seed}",
-                            tags={k: str(v) for k, v in tags.items()})
+    run = client.create_run(exp_id, run_name=f"{job.run_id}-seed{job.paths.seed}", tags={k: str(v) for k, v in tags.items()})
     atomic_write_json(state_path, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment": experiment})
     return run.info.run_id, uri
 
 
-def plan(job: Job, *, mlflow_run_id: str | None = None, tracking_uri: str | None = None,
-         python: str = sys.executable) -> list[Step]:
+def plan(
+    job: Job, *, mlflow_run_id: str | None = None, tracking_uri: str | None = None, python: str = sys.executable
+) -> list[Step]:
     """The commands of a job, in order."""
     env = dict(job.env)
     overrides = list(job.overrides)
@@ -131,8 +133,9 @@ def plan(job: Job, *, mlflow_run_id: str | None = None, tracking_uri: str | None
         argv = [python, "-m", "workbench.backends.verl.main", *overrides]
     steps.append(Step("train", argv, env))
     # verl writes checkpoints under trainer.default_local_dir = job.paths.checkpoints
-    steps.append(Step("merge", [python, "-m", "workbench.backends.verl.launch", "merge", job.paths.checkpoints,
-                                 job.paths.hf], env))
+    steps.append(
+        Step("merge", [python, "-m", "workbench.backends.verl.launch", "merge", job.paths.checkpoints, job.paths.hf], env)
+    )
     return steps
 
 
@@ -164,9 +167,11 @@ def check_logged(run_id: str, tracking_uri: str | None, step: int) -> None:
     client = MlflowClient(tracking_uri)
     logged = max((m.step for key in STEP_METRICS for m in client.get_metric_history(run_id, key)), default=None)
     if logged is None or logged < step:
-        raise RuntimeError(f"MLflow run {run_id} ({tracking_uri}) has per-step metrics up to step {logged}, but "
-                           f"training reached step {step}: the job's metrics were not logged (see its log for "
-                           "'MLflow'); fix the store and rerun, or log the missing steps by hand")
+        raise RuntimeError(
+            f"MLflow run {run_id} ({tracking_uri}) has per-step metrics up to step {logged}, but "
+            f"training reached step {step}: the job's metrics were not logged (see its log for "
+            "'MLflow'); fix the store and rerun, or log the missing steps by hand"
+        )
 
 
 def step_actor_checkpoint(ckpt_root: str | Path, step: int) -> Path:
@@ -187,8 +192,18 @@ def merge(ckpt_root: str, target: str, step: int | None = None) -> int:
         except RuntimeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-    argv = [sys.executable, "-m", "verl.model_merger", "merge", "--backend", "fsdp",
-            "--local_dir", str(src), "--target_dir", target]
+    argv = [
+        sys.executable,
+        "-m",
+        "verl.model_merger",
+        "merge",
+        "--backend",
+        "fsdp",
+        "--local_dir",
+        str(src),
+        "--target_dir",
+        target,
+    ]
     print("+", shlex.join(argv), flush=True)
     return subprocess.call(argv)
 

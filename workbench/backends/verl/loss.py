@@ -124,8 +124,9 @@ class SGOPDLossConfig(DistillationLossConfig):
             try:
                 cls(**values)
             except ValidationError as e:
-                problems += [f"{section}.{'.'.join(map(str, err['loc']))}: {err['msg']}".replace(".: ", ": ")
-                             for err in e.errors()]
+                problems += [
+                    f"{section}.{'.'.join(map(str, err['loc']))}: {err['msg']}".replace(".: ", ": ") for err in e.errors()
+                ]
         if problems:
             raise ValueError("distillation.distillation_loss (sgopd): " + "; ".join(problems))
 
@@ -136,9 +137,13 @@ class SGOPDLossConfig(DistillationLossConfig):
     def pts_kwargs(self) -> dict[str, Any]:
         """The run config's ``pts`` section."""
         return {
-            "enabled": self.pts_enabled, "teacher_sampling_ratio": self.pts_teacher_sampling_ratio,
-            "filter_correct": self.pts_filter_correct, "phase1_end_frac": self.pts_phase1_end_frac,
-            "phase2_end_frac": self.pts_phase2_end_frac, "alpha0": self.pts_alpha0, "alpha1": self.pts_alpha1,
+            "enabled": self.pts_enabled,
+            "teacher_sampling_ratio": self.pts_teacher_sampling_ratio,
+            "filter_correct": self.pts_filter_correct,
+            "phase1_end_frac": self.pts_phase1_end_frac,
+            "phase2_end_frac": self.pts_phase2_end_frac,
+            "alpha0": self.pts_alpha0,
+            "alpha1": self.pts_alpha1,
         }
 
     def needs_reference(self) -> bool:
@@ -187,8 +192,9 @@ def pad_rollout_is_weights(data: TensorDict, width: int, anchor: torch.Tensor | 
     data["rollout_is_weights"] = w
 
 
-def _metrics(stats: dict[str, Any], lp_new: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor | None,
-             row_scale: torch.Tensor | None) -> dict[str, Any]:
+def _metrics(
+    stats: dict[str, Any], lp_new: torch.Tensor, mask: torch.Tensor, anchor: torch.Tensor | None, row_scale: torch.Tensor | None
+) -> dict[str, Any]:
     """verl metrics of one micro-batch: plain floats (averaged over micro-batches by verl)
     under the canonical names, and ``Metric`` sums / maxima that add up exactly across
     micro-batches and ranks (``workbench.backends.verl.metrics`` turns them into the exact
@@ -243,18 +249,26 @@ def _sgopd_loss(config, distillation_config, model_output, data: TensorDict) -> 
         weight = dense(data["sgopd_weight"], width) if "sgopd_weight" in data else None
         row_scale = row_field(data, "sgopd_row_scale")
         adv, stats = adapter.token_advantage(
-            a_rl, lp_old, lp_teacher, lp_ref, mask, route_kwargs=cfg.route_kwargs(),
-            stability_mode=cfg.stability_mode, stability_clip=cfg.stability_clip,
-            anchor=anchor, weight=weight, row_scale=row_scale,
+            a_rl,
+            lp_old,
+            lp_teacher,
+            lp_ref,
+            mask,
+            route_kwargs=cfg.route_kwargs(),
+            stability_mode=cfg.stability_mode,
+            stability_clip=cfg.stability_clip,
+            anchor=anchor,
+            weight=weight,
+            row_scale=row_scale,
         )
         pad_rollout_is_weights(data, width, anchor)
     return -adv, _metrics(stats, lp_new, mask, anchor, row_scale)
 
 
 if LOSS_NAME not in DISTILLATION_LOSS_REGISTRY:  # idempotent: a module imported twice registers once
-    sgopd_distillation_loss = register_distillation_loss(
-        DistillationLossSettings(names=[LOSS_NAME], use_estimator=True)
-    )(_sgopd_loss)
+    sgopd_distillation_loss = register_distillation_loss(DistillationLossSettings(names=[LOSS_NAME], use_estimator=True))(
+        _sgopd_loss
+    )
 else:
     sgopd_distillation_loss = DISTILLATION_LOSS_REGISTRY[LOSS_NAME]
 

@@ -27,8 +27,18 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "perf/step_seconds": ("timing_s/step",),
     "perf/tokens_per_second": ("perf/throughput",),
 }
-SPEC_TRAIN = ("conflict_frac", "consensus_frac", "neutral_frac", "adv_mean", "adv_abs_max", "kl_teacher",
-              "pts_loss", "pts_alpha", "pts_teacher_acc", "pts_kept")
+SPEC_TRAIN = (
+    "conflict_frac",
+    "consensus_frac",
+    "neutral_frac",
+    "adv_mean",
+    "adv_abs_max",
+    "kl_teacher",
+    "pts_loss",
+    "pts_alpha",
+    "pts_teacher_acc",
+    "pts_kept",
+)
 
 
 def _get(m: Mapping[str, Any], *keys: str) -> float | None:
@@ -53,9 +63,10 @@ def canonical_metrics(metrics: Mapping[str, Any], *, n_gpus: int = 1) -> dict[st
         v = _get(metrics, f"train/{key}", f"actor/train/{key}")
         if v is not None:
             out[f"train/{key}"] = v
-    counts = {k: _get(metrics, f"sgopd/{k}", f"actor/sgopd/{k}") for k in
-              ("n_valid", "n_neutral", "n_conflict", "n_consensus", "adv_sum", "kl_teacher_sum",
-               "pts_nll_sum", "pts_tokens")}
+    counts = {
+        k: _get(metrics, f"sgopd/{k}", f"actor/sgopd/{k}")
+        for k in ("n_valid", "n_neutral", "n_conflict", "n_consensus", "adv_sum", "kl_teacher_sum", "pts_nll_sum", "pts_tokens")
+    }
     if counts["n_valid"]:
         n = counts["n_valid"]
         signed = (counts["n_conflict"] or 0) + (counts["n_consensus"] or 0)

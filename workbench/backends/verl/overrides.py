@@ -276,11 +276,15 @@ def check_scale_owned(cfg: RunConfig, scale: Scale) -> None:
             continue
         key = "sft.lr" if key == "optim.lr" and cfg.family == "sft" else key
         value = reduce(getattr, key.split("."), scale)
-        bad.append(f"{f}={cfg.get(f)!r} (scale {scale.name!r} sets {key}={value!r}; "
-                   f"change it with --scale-set {key}=VALUE or in the scale file)")
+        bad.append(
+            f"{f}={cfg.get(f)!r} (scale {scale.name!r} sets {key}={value!r}; "
+            f"change it with --scale-set {key}=VALUE or in the scale file)"
+        )
     if bad:
-        raise ConfigError(f"run {cfg.name or cfg.method!r}: on verl the scale owns these fields; remove them "
-                          f"from the run config: {'; '.join(bad)}")
+        raise ConfigError(
+            f"run {cfg.name or cfg.method!r}: on verl the scale owns these fields; remove them "
+            f"from the run config: {'; '.join(bad)}"
+        )
 
 
 def run_steps(cfg: RunConfig, scale: Scale) -> int:
@@ -318,8 +322,7 @@ class Job:
         """The verl command line (PPO: a Ray driver; SFT: torchrun over the node's GPUs)."""
         if self.kind == "ppo":
             return [python, "-m", "workbench.backends.verl.main", *self.overrides]
-        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={self.gpus}",
-                "-m", self.module, *self.overrides]
+        return ["torchrun", "--standalone", "--nnodes=1", f"--nproc_per_node={self.gpus}", "-m", self.module, *self.overrides]
 
     def shell(self) -> str:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
@@ -369,8 +372,9 @@ def _init_path(cfg: RunConfig, scale: Scale, paths: RunPaths) -> str:
     return ref if ("/" in ref or Path(ref).exists()) else run_paths(paths.results, paths.scale, ref, paths.seed).hf
 
 
-def build_job(cfg: RunConfig, scale: Scale, *, seed: int | None = None, experiment: str = "sgopd-verl",
-              results: str | Path = "results") -> Job:
+def build_job(
+    cfg: RunConfig, scale: Scale, *, seed: int | None = None, experiment: str = "sgopd-verl", results: str | Path = "results"
+) -> Job:
     """The verl job of one grid run at ``scale``, its files under ``run_paths(results, ...)``
     (pure: no verl import, no file access)."""
     check_scale_owned(cfg, scale)
@@ -477,8 +481,10 @@ def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPat
             f"distillation.n_gpus_per_node={c.teacher_gpus_per_node}",
             f"distillation.teacher_models.teacher_model.model_path={_v(scale.teacher)}",
             f"distillation.teacher_models.teacher_model.inference.tensor_model_parallel_size={c.teacher_tp}",
-            ("distillation.teacher_models.teacher_model.inference.gpu_memory_utilization="
-             f"{_v(c.teacher_gpu_memory_utilization)}"),
+            (
+                "distillation.teacher_models.teacher_model.inference.gpu_memory_utilization="
+                f"{_v(c.teacher_gpu_memory_utilization)}"
+            ),
             "distillation.distillation_loss.use_task_rewards=false",
             "distillation.distillation_loss.loss_max_clamp=null",
         ]
@@ -501,8 +507,17 @@ def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPat
     ov += list(scale.verl_extra)
     # verl gives the distillation teacher a resource pool of its own GPUs (see docs/verl.md)
     gpus = scale.trainer_gpus + (scale.teacher_gpus if distill else 0)
-    return Job(run_id=run_id, kind="ppo", overrides=ov, gpus=gpus, nodes=-(-gpus // c.node_gpus), paths=paths,
-               steps=steps, env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE}, init_from=cfg.train.init_from)
+    return Job(
+        run_id=run_id,
+        kind="ppo",
+        overrides=ov,
+        gpus=gpus,
+        nodes=-(-gpus // c.node_gpus),
+        paths=paths,
+        steps=steps,
+        env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE},
+        init_from=cfg.train.init_from,
+    )
 
 
 def _sgopd_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
@@ -536,8 +551,13 @@ def _sft_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPat
     P, G = scale.batch.prompts_per_step, scale.batch.group_size
     budget = None
     if cfg.sft.teacher_budget == "pts":
-        budget = A.pts_teacher_prompts(scale.train.steps, P, teacher_sampling_ratio=cfg.pts.teacher_sampling_ratio,
-                                       phase1_end_frac=cfg.pts.phase1_end_frac, phase2_end_frac=cfg.pts.phase2_end_frac)
+        budget = A.pts_teacher_prompts(
+            scale.train.steps,
+            P,
+            teacher_sampling_ratio=cfg.pts.teacher_sampling_ratio,
+            phase1_end_frac=cfg.pts.phase1_end_frac,
+            phase2_end_frac=cfg.pts.phase2_end_frac,
+        )
     data_file = paths.teacher_data
     steps = run_steps(cfg, scale)
     teacher_data = {
@@ -576,6 +596,15 @@ def _sft_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPat
         *scale.verl_extra,
     ]
     # torchrun over one node's student GPUs; the teacher data is generated before, on the same GPUs.
-    return Job(run_id=run_id, kind="sft", overrides=ov, gpus=scale.cluster.gpus_per_node, nodes=1, paths=paths,
-               steps=steps, env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE}, teacher_data=teacher_data,
-               init_from=cfg.train.init_from)
+    return Job(
+        run_id=run_id,
+        kind="sft",
+        overrides=ov,
+        gpus=scale.cluster.gpus_per_node,
+        nodes=1,
+        paths=paths,
+        steps=steps,
+        env={"VERL_USE_EXTERNAL_MODULES": REGISTER_MODULE},
+        teacher_data=teacher_data,
+        init_from=cfg.train.init_from,
+    )

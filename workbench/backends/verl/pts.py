@@ -169,17 +169,26 @@ class PTSTrainer(WorkbenchTrainer):
         lp_teacher = no_padding_2_padding(data["teacher_logprobs"], data).squeeze(-1).float()
         rewards = data["rm_scores"].to_padded_tensor(0.0).sum(-1).float()
         fields_out, step_metrics = pts_plan.step_fields(
-            rewards=rewards, uids=[str(u) for u in data["uid"]], anchor=data[ANCHOR].reshape(-1),
-            mask=mask, lp_old=dense("old_log_probs"), lp_teacher=lp_teacher,
+            rewards=rewards,
+            uids=[str(u) for u in data["uid"]],
+            anchor=data[ANCHOR].reshape(-1),
+            mask=mask,
+            lp_old=dense("old_log_probs"),
+            lp_teacher=lp_teacher,
             lp_ref=dense("ref_log_prob") if self.use_reference_policy else None,
-            loss_cfg=self._loss_cfg, plan=self._plan(), padding=pts_plan.padding_rows(batch.tags),
+            loss_cfg=self._loss_cfg,
+            plan=self._plan(),
+            padding=pts_plan.padding_rows(batch.tags),
             entropy=dense("entropy") if "entropy" in fields else None,
         )
-        out = TensorDict({
-            "advantages": response_to_nested(fields_out["advantages"], nested_mask),
-            "sgopd_weight": response_to_nested(fields_out["sgopd_weight"], nested_mask),
-            "sgopd_row_scale": fields_out["sgopd_row_scale"],
-        }, batch_size=len(batch))
+        out = TensorDict(
+            {
+                "advantages": response_to_nested(fields_out["advantages"], nested_mask),
+                "sgopd_weight": response_to_nested(fields_out["sgopd_weight"], nested_mask),
+                "sgopd_row_scale": fields_out["sgopd_row_scale"],
+            },
+            batch_size=len(batch),
+        )
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=out)
         metrics.update(step_metrics)
         return batch
@@ -189,17 +198,19 @@ class PTSTrainer(WorkbenchTrainer):
         # so every importance ratio is 1 at the update and the anchor term is exactly its NLL.
         actor = self.config.actor_rollout_ref.actor
         n = len(batch)
-        batch.extra_info.update({
-            "calculate_entropy": actor.calculate_entropy or actor.entropy_coeff != 0.0,
-            "distillation_use_topk": False,
-            "distillation_only": False,
-            "global_batch_size": n,
-            "mini_batch_size": n,
-            "epochs": 1,
-            "seed": actor.data_loader_seed,
-            "dataloader_kwargs": {"shuffle": False},
-            "temperature": self.config.actor_rollout_ref.rollout.temperature,
-        })
+        batch.extra_info.update(
+            {
+                "calculate_entropy": actor.calculate_entropy or actor.entropy_coeff != 0.0,
+                "distillation_use_topk": False,
+                "distillation_only": False,
+                "global_batch_size": n,
+                "mini_batch_size": n,
+                "epochs": 1,
+                "seed": actor.data_loader_seed,
+                "dataloader_kwargs": {"shuffle": False},
+                "temperature": self.config.actor_rollout_ref.rollout.temperature,
+            }
+        )
         output = self.actor_rollout_wg.update_actor(batch)
         output = {f"actor/{k}": v for k, v in output["metrics"].items()}
         output["perf/mfu/actor"] = output.pop("actor/mfu")

@@ -139,9 +139,17 @@ def step_fields(
     kept = kept_anchors(rewards, anchor, bool(loss_cfg.get("pts_filter_correct", True)))
     route = {k: loss_cfg[k] for k in adapter.ROUTE_KEYS if k in loss_cfg}
     fields = adapter.driver_fields(
-        a_rl, lp_old, lp_teacher, lp_old if lp_ref is None else lp_ref, m, route_kwargs=route,
-        stability_mode=loss_cfg.get("stability_mode", "phi"), stability_clip=loss_cfg.get("stability_clip", 2.0),
-        anchor=anchor, kept=kept, alpha=plan.alpha,
+        a_rl,
+        lp_old,
+        lp_teacher,
+        lp_old if lp_ref is None else lp_ref,
+        m,
+        route_kwargs=route,
+        stability_mode=loss_cfg.get("stability_mode", "phi"),
+        stability_clip=loss_cfg.get("stability_clip", 2.0),
+        anchor=anchor,
+        kept=kept,
+        alpha=plan.alpha,
     )
     fields["advantages"] = a_rl
     fields["sgopd_row_scale"] = torch.where(student | anchor, fields["sgopd_row_scale"], torch.zeros(()))

@@ -72,8 +72,11 @@ def data_files(path: Path, split: str | None = None) -> list[Path]:
     of several, those whose path names ``split`` when any does."""
     if path.is_file():
         return [path]
-    found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    found = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file() and p.suffix in DATA_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     parquet = [p for p in found if p.suffix == ".parquet"]
     found = parquet or found
     if split and len(found) > 1:
@@ -102,8 +105,10 @@ def load_benchmark(spec: BenchmarkSpec | str, source: str | None = None, *, limi
         kind = "parquet" if files[0].suffix == ".parquet" else "json"
         ds = load_dataset(kind, data_files=[str(f) for f in files], split="train")
     elif looks_local(src):
-        raise UserError(f"{spec.name}: {src} does not exist; stage the benchmarks with "
-                        "`workbench verl-stage --scale SCALE --from data/raw` (docs/verl.md, offline layout)")
+        raise UserError(
+            f"{spec.name}: {src} does not exist; stage the benchmarks with "
+            "`workbench verl-stage --scale SCALE --from data/raw` (docs/verl.md, offline layout)"
+        )
     else:
         ds = load_dataset(src, split=spec.split)
     out = []
@@ -128,15 +133,24 @@ def load_benchmark(spec: BenchmarkSpec | str, source: str | None = None, *, limi
 class Engine(Protocol):
     """Generates ``n`` samples for each prompt (plain text in, plain text out)."""
 
-    def generate(self, prompts: Sequence[str], n: int, *, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int) -> list[list[str]]: ...
+    def generate(
+        self, prompts: Sequence[str], n: int, *, temperature: float, top_p: float, max_new_tokens: int, seed: int
+    ) -> list[list[str]]: ...
 
 
 class VLLMEngine:
     """vLLM offline generation (GPU; the environment ``make setup-gpu`` builds)."""
 
-    def __init__(self, model: str, *, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, chat_template: bool = True, dtype: str = "bfloat16"):
+    def __init__(
+        self,
+        model: str,
+        *,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        chat_template: bool = True,
+        dtype: str = "bfloat16",
+    ):
         try:
             from vllm import LLM
         except ImportError as e:
@@ -147,16 +161,22 @@ class VLLMEngine:
         from workbench.backends.verl.stage import require_cuda_torch
 
         require_cuda_torch("the vLLM engine")  # a CPU torch beside vllm fails deep inside vLLM otherwise
-        self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
-                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len)
+        self.llm = LLM(
+            model=model,
+            tensor_parallel_size=tensor_parallel_size,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.chat_template = chat_template and getattr(self.tokenizer, "chat_template", None) is not None
 
     def _render(self, prompt: str) -> str:
         if not self.chat_template:
             return prompt
-        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                  add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
 
     def generate(self, prompts, n, *, temperature, top_p, max_new_tokens, seed):
         from vllm import SamplingParams
@@ -169,8 +189,15 @@ class VLLMEngine:
 class TransformersEngine:
     """Hugging Face ``generate`` (any device; CPU for the mini models and tests)."""
 
-    def __init__(self, model: str | Path | Any, tokenizer: Any = None, *, device: str | None = None,
-                 batch_size: int = 64, chat_template: bool = True):
+    def __init__(
+        self,
+        model: str | Path | Any,
+        tokenizer: Any = None,
+        *,
+        device: str | None = None,
+        batch_size: int = 64,
+        chat_template: bool = True,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,8 +216,7 @@ class TransformersEngine:
     def _render(self, prompt: str) -> str:
         if not self.chat_template:
             return prompt
-        return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                            add_generation_prompt=True)
+        return self.tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts, n, *, temperature, top_p, max_new_tokens, seed):
         import torch
@@ -202,10 +228,16 @@ class TransformersEngine:
             chunk = [self._render(p) for p in flat[s : s + self.batch_size]]
             enc = self.tok(chunk, return_tensors="pt", padding=True).to(self.device)
             with torch.no_grad():
-                out = self.model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p,
-                                          max_new_tokens=max_new_tokens, pad_token_id=self.tok.pad_token_id,
-                                          eos_token_id=self.tok.eos_token_id)
-            new = out[:, enc["input_ids"].shape[1]:]
+                out = self.model.generate(
+                    **enc,
+                    do_sample=True,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tok.pad_token_id,
+                    eos_token_id=self.tok.eos_token_id,
+                )
+            new = out[:, enc["input_ids"].shape[1] :]
             texts += self.tok.batch_decode(new, skip_special_tokens=True)
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -215,15 +247,23 @@ def check_model(model: str) -> None:
     from workbench.backends.verl.stage import is_local_path
 
     if is_local_path(model) and not (Path(model).expanduser() / "config.json").is_file():
-        raise UserError(f"model {model}: no config.json there (a Hugging Face model folder, e.g. a run's merged "
-                        "<run_dir>/hf, written by `workbench verl-launch`)")
+        raise UserError(
+            f"model {model}: no config.json there (a Hugging Face model folder, e.g. a run's merged "
+            "<run_dir>/hf, written by `workbench verl-launch`)"
+        )
 
 
 def make_engine(kind: str, model: str, **kwargs) -> Engine:
     check_model(model)
     if kind == "vllm":
-        return VLLMEngine(model, **{k: v for k, v in kwargs.items() if k in
-                                    ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "chat_template")})
+        return VLLMEngine(
+            model,
+            **{
+                k: v
+                for k, v in kwargs.items()
+                if k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "chat_template")
+            },
+        )
     if kind == "transformers":
         return TransformersEngine(model, **{k: v for k, v in kwargs.items() if k in ("device", "batch_size", "chat_template")})
     raise ValueError(f"unknown engine {kind!r}; valid: vllm, transformers")
@@ -258,26 +298,55 @@ def evaluate(
     out_dir = Path(out_dir) if out_dir else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"label": label, "k": k, "n_samples": n_samples, "temperature": temperature,
-                              "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed, "benchmarks": {}}
+    result: dict[str, Any] = {
+        "label": label,
+        "k": k,
+        "n_samples": n_samples,
+        "temperature": temperature,
+        "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+        "seed": seed,
+        "benchmarks": {},
+    }
     with GradingPool(grade_workers, grade_timeout) as pool:
         for name, (spec, problems) in benchmarks.items():
             t0 = time.time()
-            samples = engine.generate([p.prompt for p in problems], n_samples, temperature=temperature, top_p=top_p,
-                                      max_new_tokens=max_new_tokens, seed=seed)
+            samples = engine.generate(
+                [p.prompt for p in problems],
+                n_samples,
+                temperature=temperature,
+                top_p=top_p,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+            )
             t_gen = time.time() - t0
             pairs = [(s, p.answer) for p, ss in zip(problems, samples) for s in ss]
             grades = pool.grade(pairs, spec.answer_format)
             records = []
             for j, ((resp, gold), g) in enumerate(zip(pairs, grades)):
                 p = problems[j // n_samples]
-                records.append({"benchmark": name, "problem_id": p.id, "sample": j % n_samples, "answer": gold,
-                                "response": resp, "correct": g.correct, "timed_out": g.timed_out, "error": g.error})
+                records.append(
+                    {
+                        "benchmark": name,
+                        "problem_id": p.id,
+                        "sample": j % n_samples,
+                        "answer": gold,
+                        "response": resp,
+                        "correct": g.correct,
+                        "timed_out": g.timed_out,
+                        "error": g.error,
+                    }
+                )
             counts = [sum(r["correct"] for r in records[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))]
             scores = A.benchmark_scores(counts, n_samples, k)
-            result["benchmarks"][name] = {**scores, "correct": counts, "n_problems": len(problems),
-                                          "timed_out": sum(r["timed_out"] for r in records),
-                                          "generate_seconds": t_gen, "grade_seconds": time.time() - t0 - t_gen}
+            result["benchmarks"][name] = {
+                **scores,
+                "correct": counts,
+                "n_problems": len(problems),
+                "timed_out": sum(r["timed_out"] for r in records),
+                "generate_seconds": t_gen,
+                "grade_seconds": time.time() - t0 - t_gen,
+            }
             if out_dir:
                 with open(out_dir / f"{name}.samples.jsonl", "w", encoding="utf-8") as f:
                     f.writelines(json.dumps(r) + "\n" for r in records)
@@ -312,16 +381,20 @@ def scores_from_samples(paths: Iterable[str | Path], n_samples: int, k: int) -> 
 # -- training data for verl ----------------------------------------------------------------------
 
 
-def to_verl_rows(problems: Sequence[EvalProblem], data_source: str, *, split: str = "train",
-                 answer_format: str = "boxed") -> list[dict]:
+def to_verl_rows(
+    problems: Sequence[EvalProblem], data_source: str, *, split: str = "train", answer_format: str = "boxed"
+) -> list[dict]:
     """verl's RL dataset rows (``prompt`` as chat messages, ``reward_model.ground_truth``)."""
-    return [{
-        "data_source": data_source,
-        "prompt": [{"role": "user", "content": p.prompt}],
-        "ability": "math",
-        "reward_model": {"style": "rule", "ground_truth": p.answer},
-        "extra_info": {"split": split, "index": i, "id": p.id, "answer_format": answer_format},
-    } for i, p in enumerate(problems)]
+    return [
+        {
+            "data_source": data_source,
+            "prompt": [{"role": "user", "content": p.prompt}],
+            "ability": "math",
+            "reward_model": {"style": "rule", "ground_truth": p.answer},
+            "extra_info": {"split": split, "index": i, "id": p.id, "answer_format": answer_format},
+        }
+        for i, p in enumerate(problems)
+    ]
 
 
 def write_parquet(rows: Sequence[Mapping[str, Any]], out: str | Path) -> Path:

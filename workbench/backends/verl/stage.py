@@ -102,8 +102,10 @@ def plan(scale: Scale, raw_root: str | Path = RAW_ROOT, sources: Mapping[str, st
         items.setdefault(out, StageItem(name, kind, out, sources.get(name, str(Path(raw_root) / name))))
     unknown = set(sources) - {i.name for i in items.values()}
     if unknown:
-        raise UserError(f"--source {sorted(unknown)}: scale {scale.name!r} stages no such set; "
-                        f"valid: {', '.join(sorted({i.name for i in items.values()}))}")
+        raise UserError(
+            f"--source {sorted(unknown)}: scale {scale.name!r} stages no such set; "
+            f"valid: {', '.join(sorted({i.name for i in items.values()}))}"
+        )
     return list(items.values())
 
 
@@ -113,8 +115,10 @@ def stage_item(item: StageItem, *, limit: int | None = None, command: str = "wor
 
     src = Path(item.source).expanduser()
     if not src.exists():
-        raise UserError(f"{item.name}: {src} does not exist ({item.out} is staged from it); "
-                        f"{download_hint(item.name, src)}; then run `{command}` again")
+        raise UserError(
+            f"{item.name}: {src} does not exist ({item.out} is staged from it); "
+            f"{download_hint(item.name, src)}; then run `{command}` again"
+        )
     base = BENCHMARKS.get(item.name)
     spec = dataclasses.replace(base, source=str(src)) if base else BenchmarkSpec(item.name, str(src))
     try:
@@ -124,8 +128,9 @@ def stage_item(item: StageItem, *, limit: int | None = None, command: str = "wor
     if item.kind == "bench":
         rows = [{"id": p.id, "problem": p.problem, "answer": p.answer} for p in problems]
     else:
-        rows = R.to_verl_rows(problems, item.name, split="train" if item.kind == "train" else "test",
-                              answer_format=spec.answer_format)
+        rows = R.to_verl_rows(
+            problems, item.name, split="train" if item.kind == "train" else "test", answer_format=spec.answer_format
+        )
     R.write_parquet(rows, item.out)
     return len(rows)
 
@@ -137,10 +142,13 @@ def stage(items: list[StageItem], *, limit: int | None = None, command: str = "w
     datasets.disable_progress_bars()
     missing = list({i.source: i for i in items if not Path(i.source).expanduser().exists()}.values())
     if missing:  # all of them at once, before writing anything
-        raise UserError("; ".join(f"{i.name}: {i.source} does not exist ({download_hint(i.name, i.source)})"
-                                  for i in missing) + f"; then run `{command}` again")
-    return [f"{i.kind:5s} {i.name:12s} {stage_item(i, limit=limit, command=command):6d} rows  {i.source} -> {i.out}"
-            for i in items]
+        raise UserError(
+            "; ".join(f"{i.name}: {i.source} does not exist ({download_hint(i.name, i.source)})" for i in missing)
+            + f"; then run `{command}` again"
+        )
+    return [
+        f"{i.kind:5s} {i.name:12s} {stage_item(i, limit=limit, command=command):6d} rows  {i.source} -> {i.out}" for i in items
+    ]
 
 
 # -- checks before a job -----------------------------------------------------------------------
@@ -153,8 +161,9 @@ def _is_remote(ref: str) -> bool:
 def is_local_path(ref: str) -> bool:
     """A model reference that names a local folder rather than a hub id (``org/name``)."""
     p = Path(ref).expanduser()
-    return (ref.startswith(("/", ".", "~")) or p.exists() or ref.count("/") != 1
-            or (p.parts[0] != ref and Path(p.parts[0]).is_dir()))
+    return (
+        ref.startswith(("/", ".", "~")) or p.exists() or ref.count("/") != 1 or (p.parts[0] != ref and Path(p.parts[0]).is_dir())
+    )
 
 
 def _override_map(job: Job) -> dict[str, str]:
@@ -209,23 +218,32 @@ def check_job_inputs(job: Job) -> list[str]:
             continue
         if job.init_from and what == "student" and ref == run_paths(results, scale, job.init_from, job.paths.seed).hf:
             if not (Path(ref) / "config.json").is_file():
-                problems.append(f"missing student {ref} (the exported model of run {job.init_from}): run "
-                                f"`workbench verl-launch --run {job.init_from} --scale {scale} --results {results} "
-                                f"--seed {job.paths.seed}` first")
+                problems.append(
+                    f"missing student {ref} (the exported model of run {job.init_from}): run "
+                    f"`workbench verl-launch --run {job.init_from} --scale {scale} --results {results} "
+                    f"--seed {job.paths.seed}` first"
+                )
             continue
         if is_local_path(ref):
             if not (Path(ref).expanduser() / "config.json").is_file():
-                problems.append(f"missing {what} model {ref} (a folder with config.json): download it once "
-                                f"(hf download ORG/NAME --local-dir {ref}) or point the scale at your copy "
-                                f"(--scale-set {what}=DIR)")
+                problems.append(
+                    f"missing {what} model {ref} (a folder with config.json): download it once "
+                    f"(hf download ORG/NAME --local-dir {ref}) or point the scale at your copy "
+                    f"(--scale-set {what}=DIR)"
+                )
         elif offline and not _in_hub_cache(ref):
             name = ref.split("/")[-1]
-            problems.append(f"{what} {ref} is a hub id but HF_HUB_OFFLINE is set and it is not in the hub cache: "
-                            f"download it once (hf download {ref} --local-dir {RAW_ROOT}/models/{name}) and pass "
-                            f"--scale-set {what}={RAW_ROOT}/models/{name}")
+            problems.append(
+                f"{what} {ref} is a hub id but HF_HUB_OFFLINE is set and it is not in the hub cache: "
+                f"download it once (hf download {ref} --local-dir {RAW_ROOT}/models/{name}) and pass "
+                f"--scale-set {what}={RAW_ROOT}/models/{name}"
+            )
     if data:
-        problems.insert(0, f"missing staged data {', '.join(data)}: stage it with `workbench verl-stage --scale {scale} "
-                           f"--from {RAW_ROOT}` (docs/verl.md, offline layout)")
+        problems.insert(
+            0,
+            f"missing staged data {', '.join(data)}: stage it with `workbench verl-stage --scale {scale} "
+            f"--from {RAW_ROOT}` (docs/verl.md, offline layout)",
+        )
     return problems
 
 
@@ -234,12 +252,16 @@ def require_cuda_torch(what: str = "verl-launch", *, device: bool = True) -> Non
     import torch
 
     if torch.version.cuda is None:
-        raise UserError(f"{what}: torch {torch.__version__} is a CPU build (torch.version.cuda is None) and verl's "
-                        "FSDP workers and vLLM need the CUDA build; set up the GPU environment with `make setup-gpu` "
-                        f"(torch=={GPU_STACK['torch']}, vllm=={GPU_STACK['vllm']}; docs/verl.md, GPU install)")
+        raise UserError(
+            f"{what}: torch {torch.__version__} is a CPU build (torch.version.cuda is None) and verl's "
+            "FSDP workers and vLLM need the CUDA build; set up the GPU environment with `make setup-gpu` "
+            f"(torch=={GPU_STACK['torch']}, vllm=={GPU_STACK['vllm']}; docs/verl.md, GPU install)"
+        )
     if device and not torch.cuda.is_available():
-        raise UserError(f"{what}: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU "
-                        "(torch.cuda.is_available() is False); run it on a GPU node")
+        raise UserError(
+            f"{what}: torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU "
+            "(torch.cuda.is_available() is False); run it on a GPU node"
+        )
 
 
 def gpu_env() -> dict[str, str | None]:
@@ -264,8 +286,9 @@ def check_gpu_env() -> dict[str, str | None]:
     require_cuda_torch("setup-gpu", device=False)
     off = [f"{k} {env[k]} (want {v})" for k, v in GPU_STACK.items() if (env[k] or "").split("+")[0] != v]
     if off:
-        raise UserError(f"the GPU environment is off verl {env['verl']}'s tested versions: {', '.join(off)}; "
-                        "reinstall with `make setup-gpu`")
+        raise UserError(
+            f"the GPU environment is off verl {env['verl']}'s tested versions: {', '.join(off)}; reinstall with `make setup-gpu`"
+        )
     return env
 
 

@@ -36,17 +36,24 @@ def build(spec: Mapping[str, Any], engine: Engine, *, grade_timeout: float = 10.
         rows = rows[: int(spec["max_prompts"])]
     greedy = spec.get("decoding") == "greedy"
     prompts = [r["prompt"][-1]["content"] for r in rows]
-    outs = engine.generate(prompts, 1, temperature=1e-6 if greedy else float(spec.get("temperature", 1.0)),
-                           top_p=1.0 if greedy else float(spec.get("top_p", 1.0)),
-                           max_new_tokens=int(spec["max_new_tokens"]), seed=int(spec.get("seed", 0)))
+    outs = engine.generate(
+        prompts,
+        1,
+        temperature=1e-6 if greedy else float(spec.get("temperature", 1.0)),
+        top_p=1.0 if greedy else float(spec.get("top_p", 1.0)),
+        max_new_tokens=int(spec["max_new_tokens"]),
+        seed=int(spec.get("seed", 0)),
+    )
     answers = [o[0] for o in outs]
     fmt = [((r.get("extra_info") or {}).get("answer_format") or "boxed") for r in rows]
     with GradingPool(timeout=grade_timeout) as pool:
         grades = [pool.grade([(a, str(r["reward_model"]["ground_truth"]))], f)[0] for a, r, f in zip(answers, rows, fmt)]
     keep = [g.correct or not spec.get("filter_correct", False) for g in grades]
-    out_rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}],
-                 "correct": g.correct}
-                for p, a, g, k in zip(prompts, answers, grades, keep) if k]
+    out_rows = [
+        {"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}], "correct": g.correct}
+        for p, a, g, k in zip(prompts, answers, grades, keep)
+        if k
+    ]
     if not out_rows:
         raise RuntimeError("no teacher responses left for SFT (every one was filtered out)")
     write_parquet(out_rows, spec["out"])

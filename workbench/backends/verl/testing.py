@@ -107,8 +107,18 @@ class Batch:
         return data, {"log_probs": torch.nested.nested_tensor_from_jagged(leaf, offsets=offsets), "_leaf": leaf}
 
 
-def make_batch(seed: int, n_rows: int = 12, *, is_weights: bool = True, n_anchor: int = 0, ratio_one: bool = False,
-               with_ref: bool = True, max_prompt: int = 6, max_response: int = 9, group: int = 3) -> Batch:
+def make_batch(
+    seed: int,
+    n_rows: int = 12,
+    *,
+    is_weights: bool = True,
+    n_anchor: int = 0,
+    ratio_one: bool = False,
+    with_ref: bool = True,
+    max_prompt: int = 6,
+    max_response: int = 9,
+    group: int = 3,
+) -> Batch:
     """A random batch: GRPO groups of ``group`` rows with 0/1 rewards, some exact-zero OPD
     tokens (neutral), ratios near 1, optional rollout-IS weights and trailing anchor rows."""
     g = torch.Generator().manual_seed(seed)
@@ -121,8 +131,19 @@ def make_batch(seed: int, n_rows: int = 12, *, is_weights: bool = True, n_anchor
     anchor = torch.zeros(n_rows, dtype=torch.bool)
     if n_anchor:
         anchor[-n_anchor:] = True
-    b = Batch(plens, rlens, lp_full, teacher_full, lp_old=torch.zeros(0), lp_ref=None, a_rl=torch.zeros(0), is_w=None,
-              anchor=anchor, global_tokens=int(rlens.sum()), global_rows=n_rows)
+    b = Batch(
+        plens,
+        rlens,
+        lp_full,
+        teacher_full,
+        lp_old=torch.zeros(0),
+        lp_ref=None,
+        a_rl=torch.zeros(0),
+        is_w=None,
+        anchor=anchor,
+        global_tokens=int(rlens.sum()),
+        global_rows=n_rows,
+    )
     mask = b.mask
     lp_new = b.lp_new
     noise = torch.zeros_like(lp_new) if ratio_one else torch.randn(lp_new.shape, generator=g) * 0.25
@@ -137,8 +158,9 @@ def make_batch(seed: int, n_rows: int = 12, *, is_weights: bool = True, n_anchor
     a_rl = torch.where(mask, a_rows[:, None], torch.zeros(()))
     lp_ref = torch.where(mask, lp_new - torch.rand(lp_new.shape, generator=g) * 0.5, torch.zeros(())) if with_ref else None
     is_w = torch.where(mask, torch.rand(lp_new.shape, generator=g) * 1.8 + 0.1, torch.zeros(())) if is_weights else None
-    return b.replace(teacher_full=teacher_full, lp_old=torch.where(mask, lp_old, torch.zeros(())), lp_ref=lp_ref,
-                     a_rl=a_rl, is_w=is_w)
+    return b.replace(
+        teacher_full=teacher_full, lp_old=torch.where(mask, lp_old, torch.zeros(())), lp_ref=lp_ref, a_rl=a_rl, is_w=is_w
+    )
 
 
 def split(batch: Batch, bounds, extra: Mapping[str, torch.Tensor] | None = None) -> list[tuple[Batch, dict]]:
@@ -152,10 +174,15 @@ def split(batch: Batch, bounds, extra: Mapping[str, torch.Tensor] | None = None)
         rows = slice(a, z)
         w = int(batch.rlens[rows].max())
         part = batch.replace(
-            plens=batch.plens[rows], rlens=batch.rlens[rows], lp_full=batch.lp_full[starts[a] : starts[z]],
-            teacher_full=batch.teacher_full[starts[a] : starts[z]], lp_old=batch.lp_old[rows, :w],
-            lp_ref=None if batch.lp_ref is None else batch.lp_ref[rows, :w], a_rl=batch.a_rl[rows, :w],
-            is_w=None if batch.is_w is None else batch.is_w[rows, :w], anchor=batch.anchor[rows],
+            plens=batch.plens[rows],
+            rlens=batch.rlens[rows],
+            lp_full=batch.lp_full[starts[a] : starts[z]],
+            teacher_full=batch.teacher_full[starts[a] : starts[z]],
+            lp_old=batch.lp_old[rows, :w],
+            lp_ref=None if batch.lp_ref is None else batch.lp_ref[rows, :w],
+            a_rl=batch.a_rl[rows, :w],
+            is_w=None if batch.is_w is None else batch.is_w[rows, :w],
+            anchor=batch.anchor[rows],
             full_slice=slice(starts[a], starts[z]),
         )
         ex = {k: (v[rows, :w] if v.dim() == 2 else v[rows]) for k, v in (extra or {}).items()}
@@ -174,8 +201,7 @@ def actor_config():
     from verl.utils.config import omega_conf_to_dataclass
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=os.path.join(os.path.dirname(verl.__file__), "trainer", "config"),
-                               version_base=None):
+    with initialize_config_dir(config_dir=os.path.join(os.path.dirname(verl.__file__), "trainer", "config"), version_base=None):
         cfg = compose(config_name="ppo_trainer", overrides=["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1"])
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
 
@@ -209,8 +235,9 @@ def reference_loss(batch: Batch, loss_cfg, rows: torch.Tensor | None = None) -> 
     w = A.stability_weight(adv, batch.lp_old, m, mode=loss_cfg.stability_mode, clip=loss_cfg.stability_clip)
     weight = w * batch.is_w if batch.is_w is not None else w
     lp = batch.lp_new.detach().requires_grad_(True)
-    loss, _ = A.ppo_clip_loss(lp, batch.lp_old, adv, weight, m, eps_low=loss_cfg.clip_ratio_low,
-                              eps_high=loss_cfg.clip_ratio_high)
+    loss, _ = A.ppo_clip_loss(
+        lp, batch.lp_old, adv, weight, m, eps_low=loss_cfg.clip_ratio_low, eps_high=loss_cfg.clip_ratio_high
+    )
     loss.backward()
     return loss.detach(), batch.scatter_to_full(lp.grad), cls
 
@@ -227,8 +254,15 @@ def probe_target_registration() -> tuple[bool, bool, float, float, int]:
     from verl.utils.config import omega_conf_to_dataclass
 
     before = "sgopd" in DISTILLATION_LOSS_REGISTRY or "workbench.backends.verl.loss" in sys.modules
-    node = OmegaConf.create({"_target_": "workbench.backends.verl.loss.SGOPDLossConfig", "loss_mode": "sgopd",
-                             "use_policy_gradient": True, "use_task_rewards": False, "lambda_high": 1.5})
+    node = OmegaConf.create(
+        {
+            "_target_": "workbench.backends.verl.loss.SGOPDLossConfig",
+            "loss_mode": "sgopd",
+            "use_policy_gradient": True,
+            "use_task_rewards": False,
+            "lambda_high": 1.5,
+        }
+    )
     cfg = omega_conf_to_dataclass(node)
     loss, _, _ = run_verl(actor_config(), distillation_config(cfg), make_batch(seed=5, n_rows=6))
     return before, "sgopd" in DISTILLATION_LOSS_REGISTRY, cfg.lambda_high, float(loss), os.getpid()
@@ -262,10 +296,20 @@ CHAT_TEMPLATE = (
 )
 #: head_dim 64: a size every vLLM attention backend supports.
 TOY_SIZES = {
-    "student": {"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-                "intermediate_size": 256},
-    "teacher": {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-                "intermediate_size": 512},
+    "student": {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "intermediate_size": 256,
+    },
+    "teacher": {
+        "hidden_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 512,
+    },
 }
 TOY_ANSWER = "1"
 #: what each toy model learns to answer (the student: right half the time)
@@ -283,8 +327,9 @@ def toy_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([EOT, IM_START, IM_END])
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=EOT, model_max_length=4096,
-                                  clean_up_tokenization_spaces=False)
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token=EOT, model_max_length=4096, clean_up_tokenization_spaces=False
+    )
     out.chat_template = CHAT_TEMPLATE
     return out
 
@@ -303,18 +348,29 @@ def _toy_config(role: str, tokenizer):
     from transformers import Qwen3Config
 
     size = TOY_SIZES[role]
-    return Qwen3Config(vocab_size=len(tokenizer), head_dim=64, max_position_embeddings=2048,
-                       rope_parameters={"rope_theta": 10000.0, "rope_type": "default"}, tie_word_embeddings=True,
-                       layer_types=["full_attention"] * size["num_hidden_layers"], bos_token_id=None,
-                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **size)
+    return Qwen3Config(
+        vocab_size=len(tokenizer),
+        head_dim=64,
+        max_position_embeddings=2048,
+        rope_parameters={"rope_theta": 10000.0, "rope_type": "default"},
+        tie_word_embeddings=True,
+        layer_types=["full_attention"] * size["num_hidden_layers"],
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **size,
+    )
 
 
-def fit_toy_model(model, tokenizer, prompts: list[str], targets: list[str], *, steps: int, seed: int, lr: float = 3e-3,
-                  batch_size: int = 8) -> list[float]:
+def fit_toy_model(
+    model, tokenizer, prompts: list[str], targets: list[str], *, steps: int, seed: int, lr: float = 3e-3, batch_size: int = 8
+) -> list[float]:
     """A few Adam steps of next-token loss on ``chat(prompt) + target + <|im_end|>`` (response tokens only)."""
     rng = random.Random(seed)
-    heads = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-             for p in prompts]
+    heads = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
     p_all = [tokenizer(h, add_special_tokens=False)["input_ids"] for h in heads]
     r_all = [tokenizer(t + IM_END, add_special_tokens=False)["input_ids"] for t in targets]
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -351,8 +407,10 @@ def save_toy_model(out, role: str, *, seed: int = 0, steps: int = 60, tokenizer=
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + (0 if role == "student" else 1000))
         model = Qwen3ForCausalLM(_toy_config(role, tokenizer)).float()
-        prompts = [p["problem"] + "\n" + "Please reason step by step, and put your final answer within \\boxed{}."
-                   for p in toy_problems(32, seed=seed)]
+        prompts = [
+            p["problem"] + "\n" + "Please reason step by step, and put your final answer within \\boxed{}."
+            for p in toy_problems(32, seed=seed)
+        ]
         losses = fit_toy_model(model, tokenizer, prompts, TOY_TARGETS[role], steps=steps, seed=seed) if steps else []
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -360,5 +418,10 @@ def save_toy_model(out, role: str, *, seed: int = 0, steps: int = 60, tokenizer=
     model.to(torch.bfloat16).save_pretrained(out)
     tokenizer.save_pretrained(out)
     n = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    return {"path": str(out), "role": role, "parameters": n, "fit_loss_first": losses[0] if losses else None,
-            "fit_loss_last": losses[-1] if losses else None}
+    return {
+        "path": str(out),
+        "role": role,
+        "parameters": n,
+        "fit_loss_first": losses[0] if losses else None,
+        "fit_loss_last": losses[-1] if losses else None,
+    }

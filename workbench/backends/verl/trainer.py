@@ -110,8 +110,13 @@ class MlflowLogger:
         tags = [RunTag(RESUMED_TAG + k, v[:MAX_TAG_VAL_LENGTH]) for k, v in changed.items()]
         self._retry("logging params", self.client.log_batch, self.run_id, params=new, tags=tags)
         if changed:
-            log.warning("MLflow run %s: %d param(s) differ from the run's first start, kept as tags %s*: %s",
-                        self.run_id, len(changed), RESUMED_TAG, ", ".join(sorted(changed)[:10]))
+            log.warning(
+                "MLflow run %s: %d param(s) differ from the run's first start, kept as tags %s*: %s",
+                self.run_id,
+                len(changed),
+                RESUMED_TAG,
+                ", ".join(sorted(changed)[:10]),
+            )
         return changed
 
     _invalid = re.compile(r"[^/\w.\- :]")  # MLflow's allowed key characters (as verl's own logger)
@@ -159,8 +164,11 @@ class WorkbenchTrainer(PPOTrainerSync):
         backends = OmegaConf.select(self.config, "trainer.logger")
         backends = [backends] if isinstance(backends, str) else list(backends or [])
         if "mlflow" in backends:
-            self._mlflow = MlflowLogger(self.config.trainer.project_name, self.config.trainer.experiment_name,
-                                        OmegaConf.to_container(self.config, resolve=True))
+            self._mlflow = MlflowLogger(
+                self.config.trainer.project_name,
+                self.config.trainer.experiment_name,
+                OmegaConf.to_container(self.config, resolve=True),
+            )
             with open_dict(self.config):
                 self.config.trainer.logger = [b for b in backends if b != "mlflow"]
 

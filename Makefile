@@ -14,7 +14,7 @@ TORCH_PIP_ARGS ?=
 EXTRAS ?= dev,verl
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup setup-gpu gpu-smoke reproduce test test-all bench clean
+.PHONY: setup setup-gpu gpu-smoke reproduce test test-all lint format bench clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,16 @@ test: setup
 
 test-all: setup
 	$(BIN)/python -m pytest -q
+
+# Lint and formatting (ruff, pinned in the dev extra: its format changes between releases).
+# CI runs `make lint test`; `make format` rewrites the files.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 bench: setup
 	$(BIN)/python benchmarks/bench_loss.py

@@ -1,4 +1,4 @@
-"""Shared fixtures: one smoke-scale miniature world per test session."""
+"""Shared fixtures: one smoke-scale miniature world per test session; a fresh MLflow store per test."""
 
 from __future__ import annotations
 
@@ -15,3 +15,13 @@ def smoke_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world") / "smoke"
     prepare(root, seed=0, scale="smoke")
     return root
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store, made the default through MLFLOW_TRACKING_URI (modules
+    with a store shared across their tests define their own ``store``)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    return uri

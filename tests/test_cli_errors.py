@@ -412,6 +412,11 @@ def cases() -> list[Case]:
             says="no.json",
         ),
         Case(
+            "missing/train-grid-dir",
+            ["train", "run.yaml", "--run-dir", "run", "--world", "world", "--grid", "adir"],
+            says="adir",
+        ),
+        Case(
             "missing/train-grid-not-json",
             ["train", "run.yaml", "--run-dir", "run", "--world", "world", "--grid", "run.yaml"],
             says="grid",

@@ -46,13 +46,6 @@ ON_POLICY = {"train/reward_mean", "train/kl_teacher", "train/conflict_frac", "tr
 PTS = {"train/pts_alpha", "train/pts_kept", "train/pts_loss"}
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
 def _order(name: str) -> int:
     return 1 if load_config(RUNS / f"{name}.yaml").train.init_from else 0  # stage 2 after stage 1
 

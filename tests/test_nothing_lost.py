@@ -44,14 +44,6 @@ SHORT = [
 ]
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    return uri
-
-
 def client():
     return mlflow.tracking.MlflowClient()
 

@@ -32,14 +32,6 @@ SEARCH = REPO / "experiments" / "search"
 P1, P2, LH = "pts.phase1_end_frac", "pts.phase2_end_frac", "gate.lambda_high"
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    return uri
-
-
 def smoke_data(**changes) -> dict:
     data = yaml.safe_load((SEARCH / "smoke.yaml").read_text())
     data.update(changes)

@@ -58,18 +58,6 @@ def _scale(text: str) -> str:
 # -- paths: checked before anything is computed or created ------------------------------
 
 
-def _input(path: str | Path, what: str) -> Path:
-    """An existing input file."""
-    from workbench.errors import UserError
-
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{what} {p}: no such file")
-    if p.is_dir():
-        raise UserError(f"{what} {p}: is a directory, not a file")
-    return p
-
-
 def _output(path: str | Path, what: str, *, directory: bool) -> Path:
     """A path this verb may create: not something else already, under a writable directory."""
     import os
@@ -90,31 +78,6 @@ def _output(path: str | Path, what: str, *, directory: bool) -> Path:
     if not os.access(base, os.W_OK | os.X_OK):
         raise UserError(f"{what} {p}: {base} is not writable")
     return p
-
-
-def _read_grid(path: str | None) -> dict:
-    """The grid file of ``workbench grid-start`` (experiment, parent run), or {} without one."""
-    import json
-
-    from workbench.errors import UserError
-
-    if path is None:
-        return {}
-    p = _input(path, "--grid")
-    try:
-        grid = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"--grid {p}: not a grid file of `workbench grid-start` ({e})") from None
-    if not isinstance(grid, dict) or not {"experiment", "parent_run_id"} <= grid.keys():
-        raise UserError(f"--grid {p}: not a grid file of `workbench grid-start` (needs experiment and parent_run_id)")
-    return grid
-
-
-def _world(path: str) -> None:
-    from workbench.errors import UserError
-
-    if not (Path(path) / "manifest.json").is_file():
-        raise UserError(f"--world {path}: no prepared world there (run `workbench prepare --out {path}` first)")
 
 
 def _one_line(error: Exception) -> str:
@@ -184,20 +147,13 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     # A scheduler's SIGTERM ends the run like Ctrl-C (see main): MLflow marks it KILLED, and
     # the next `workbench train` on the same directory resumes from the last checkpoint.
-    from workbench.runner import resolve_config, train_run
+    from workbench.runner import check_world, read_grid, resolve_config, train_run
 
     sets = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
-    cfg = resolve_config(args.config, scale=args.scale, overrides=sets)  # the config first: the likeliest mistake
-    if cfg.backend != "mini":
-        from workbench.errors import UserError
-
-        raise UserError(
-            f"backend {cfg.backend!r}: `workbench train` runs the mini backend; "
-            "verl jobs are launched with `workbench verl-launch` (docs/verl.md)"
-        )
+    resolve_config(args.config, scale=args.scale, overrides=sets)  # the config first: the likeliest mistake
     _output(args.run_dir, "--run-dir", directory=True)
-    _world(args.world)
-    grid = _read_grid(args.grid)
+    check_world(args.world)
+    grid = read_grid(args.grid)
     _threads(args.threads)
     train_run(
         args.config,
@@ -221,13 +177,13 @@ def _eval(args: argparse.Namespace) -> int:
     if args.at_frac is not None and not Path(args.model).is_dir():
         raise UserError(f"--at-frac needs a run directory as MODEL, got {args.model}")
     from workbench.config import parse_config
-    from workbench.runner import eval_model, resolve_config
+    from workbench.runner import check_world, eval_model, read_grid, resolve_config
 
     extra = [] if args.seed is None else [f"seed={args.seed}"]
     resolve_config(args.config or parse_config({}), scale=args.scale, overrides=args.set + extra)
     _output(args.out, "--out", directory=False)
-    _world(args.world)
-    _read_grid(args.grid)
+    check_world(args.world)
+    read_grid(args.grid)
     _threads(args.threads)
     eval_model(
         args.model,
@@ -254,7 +210,9 @@ def _grid_start(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    grid = _read_grid(args.grid)
+    from workbench.runner import read_grid
+
+    grid = read_grid(args.grid)
     _output(args.out_dir, "--out-dir", directory=True)
     from workbench.analysis import collect
     from workbench.tracking import default_tracking_uri

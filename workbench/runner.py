@@ -41,6 +41,8 @@ def read_grid(path: str | Path | None) -> dict[str, Any]:
         raise UserError(
             f"no grid file at {path}; create it with `workbench grid-start --scale SCALE --out {path}`, or leave out --grid"
         ) from None
+    except IsADirectoryError:
+        raise UserError(f"grid file {path} is a directory; pass the file `workbench grid-start --out` wrote") from None
     except ValueError as e:
         raise UserError(f"grid file {path} is unreadable ({e}); delete it and rerun `workbench grid-start`") from None
     if not isinstance(grid, dict) or not {"experiment", "parent_run_id"} <= grid.keys():
@@ -158,15 +160,20 @@ def _remove_if_unused(run_dir: Path) -> None:
         run_dir.rmdir()
 
 
-def open_world(path: str | Path):
-    """The prepared world at ``path`` (``workbench.mini.trainer.World``), or a ``UserError``."""
-    from workbench.mini.trainer import World
-
+def check_world(path: str | Path) -> None:
+    """A ``UserError`` unless ``path`` holds a prepared world (cheap: imports no torch)."""
     if not (Path(path) / "manifest.json").is_file():
         raise UserError(
             f"no prepared world at {path} (no manifest.json); build it with "
             f"`workbench prepare --scale SCALE --out {path}`, or pass --world"
         )
+
+
+def open_world(path: str | Path):
+    """The prepared world at ``path`` (``workbench.mini.trainer.World``), or a ``UserError``."""
+    from workbench.mini.trainer import World
+
+    check_world(path)
     return World.open(path)
 
 

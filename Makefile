@@ -12,17 +12,34 @@ TORCH_VERSION ?= 2.13.0
 TORCH_PIP_ARGS ?=
 # verl is in the default set so that the tests run the adapter through verl's own code.
 EXTRAS ?= dev,verl
+# The exact versions installed (pip -c): constraints.txt, the frozen resolve of `.[dev,verl]`
+# on Python 3.11, Linux x86_64 (`make lock` updates it). `make setup CONSTRAINTS=` installs
+# from pyproject's ranges instead (another Python or platform).
+CONSTRAINTS ?= constraints.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 STAMP := $(VENV)/.installed-$(EXTRAS)
 
-.PHONY: setup setup-gpu gpu-smoke reproduce test test-all lint format bench clean
+.PHONY: setup setup-gpu gpu-smoke reproduce test test-all lint format bench lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS) $(PIN)
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]" $(PIN)
 	touch $@
+
+# constraints.txt anew: a fresh resolve of pyproject's ranges for `.[dev,verl]` (the newest
+# releases they allow) with the CPU torch, in a scratch venv, frozen (local labels such as
+# +cpu dropped: any 2.13.0 build satisfies the pin). Review the diff, then `make test`.
+lock:
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/python" -m pip install "torch==$(TORCH_VERSION)" $(TORCH_PIP_ARGS); \
+	"$$tmp/venv/bin/python" -m pip install -e ".[dev,verl]"; \
+	{ grep '^#' constraints.txt; "$$tmp/venv/bin/python" -m pip freeze --all --exclude-editable \
+	  | grep -v '^pip==' | sed -E 's/^([^=]+==[^+]+)\+.*$$/\1/'; } > "$$tmp/constraints.txt"; \
+	mv "$$tmp/constraints.txt" constraints.txt
 
 # The main job: the whole ablation grid at the mini scale through Snakemake, ending in
 # reports/REPRODUCTION.md. Pass workflow options with ARGS, e.g.
@@ -63,6 +80,8 @@ bench: setup
 # without it verl-launch switches the FSDP model to SDPA attention), then a check that
 # refuses a CPU torch or other versions. Point pip at a CUDA index with GPU_TORCH_PIP_ARGS,
 # e.g. "--index-url https://download.pytorch.org/whl/cu128".
+# constraints.txt is not applied here: it pins the CPU set (torch 2.13.0, transformers
+# 5.10), which the gpu extra's torch 2.11.0 / transformers 5.9.0 contradict.
 GPU_VENV ?= .venv-gpu
 GPU_TORCH_VERSION ?= 2.11.0
 GPU_TORCH_PIP_ARGS ?=

@@ -39,7 +39,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.grid:
-            from workbench.runner import read_grid
+            from workbench.grid import read_grid
             from workbench.tracking import default_tracking_uri
 
             grid = read_grid(args.grid)

@@ -41,8 +41,9 @@ def main() -> None:
     import os
 
     from workbench.config import load_config
-    from workbench.mini.trainer import World, train
-    from workbench.runner import _evaluate
+    from workbench.mini.runs import _evaluate
+    from workbench.mini.trainer import train
+    from workbench.mini.world import World
     from workbench.tracking import Tracker, load_history, standard_tags
 
     runs = args.runs or sorted(p.stem for p in (REPO / "experiments" / "runs").glob("*.yaml"))

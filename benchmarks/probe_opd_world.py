@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
+from workbench.mini.evaluate import evaluate_accuracy
 from workbench.mini.models import load_model
-from workbench.mini.prepare import evaluate_accuracy, generate, max_response_tokens
+from workbench.mini.sampling import generate, max_response_tokens
 from workbench.mini.task import read_jsonl, verify
 from workbench.mini.tokenizer import CODEC, PAD_ID
 

@@ -196,6 +196,51 @@ def test_gate_levels_4_distinct_cell_factors():
     assert cls.tolist() == CLASSES
 
 
+# ---------------------------------------------------------------- neutral routing
+#
+# docs/algorithm.md section 11: neutral tokens (r0 t2: A_OPD = 0; r2 t0: A_RL = 0) get
+# A_{lambda_base} by default; the other readings give them A_{lambda_high}, A_OPD or 0.
+# Nothing else moves.
+
+NEUTRAL_TOKENS = ((0, 2), (2, 0))
+
+
+@pytest.mark.parametrize(
+    "mode, neutral_values",
+    [
+        ("base", [-LB + 1.0, 0.5 * LB]),
+        ("consensus", [-LH + 1.0, 0.5 * LH]),
+        ("opd", [0.0, 0.5]),
+        ("mask", [0.0, 0.0]),
+    ],
+)
+@pytest.mark.parametrize("levels", [2, 4])
+def test_hand_case_neutral_modes(mode, neutral_values, levels):
+    adv, cls, metrics = route(disagree_interp_beta=0.5, neutral_mode=mode, gate_levels=levels)
+    expected = with_conflict([-0.25, 0.5])  # the four-cell probe with unset cells is the binary gate
+    for (i, j), v in zip(NEUTRAL_TOKENS, neutral_values):
+        expected[i][j] = v
+    torch.testing.assert_close(adv, t64(expected), **TOL)
+    assert cls.tolist() == CLASSES
+    assert metrics["neutral_frac"] == pytest.approx(NEUTRAL_FRAC, abs=1e-12)
+
+
+def test_neutral_mode_base_is_the_default_bit_for_bit():
+    assert torch.equal(route()[0], route(neutral_mode="base")[0])
+
+
+@pytest.mark.parametrize("variant", [{"sign_gate": False}, {"gate_all_tokens_as": "conflict"}])
+def test_neutral_mode_is_unused_with_the_gate_off(variant):
+    assert torch.equal(route(**variant)[0], route(**variant, neutral_mode="mask")[0])
+
+
+def test_unknown_neutral_mode_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        route(neutral_mode="zero")
+    for name in ("base", "consensus", "opd", "mask"):
+        assert name in str(info.value)
+
+
 def test_token_class_values():
     _, cls, _ = route()
     assert set(torch.unique(cls).tolist()) <= {-1, 0, 1}
@@ -322,6 +367,34 @@ def test_routing_by_class(batch, lb, lh, beta, mode):
         assert metrics["neutral_frac"] == pytest.approx(int(neutral.sum()) / n_valid, abs=1e-12)
         kl = float((batch.lp_old - batch.lp_teacher)[m].mean())
         assert metrics["kl_teacher"] == pytest.approx(kl, abs=1e-12)
+
+
+@PROPERTY
+@given(
+    batch=batches(),
+    lb=LAMS,
+    lh=LAMS,
+    mode=st.sampled_from(["interp", "preserve", "grpo", "mask"]),
+    neutral=st.sampled_from(["consensus", "opd", "mask"]),
+    levels=st.sampled_from([2, 4]),
+)
+def test_neutral_mode_changes_only_neutral_tokens(batch, lb, lh, mode, neutral, levels):
+    kw = {"lambda_base": lb, "lambda_high": lh, "disagree_mode": mode, "gate_levels": levels}
+    base, cls, metrics = route_advantage(*batch.args(), **kw)
+    adv, cls_n, metrics_n = route_advantage(*batch.args(), **kw, neutral_mode=neutral)
+    a_opd, s, m = signals(batch)
+    expected = {
+        "consensus": gopd_advantage(batch.lp_old, batch.lp_teacher, batch.lp_ref, lh),
+        "opd": a_opd,
+        "mask": torch.zeros_like(a_opd),
+    }[neutral]
+    neutral_tokens = m & (s == 0)
+    torch.testing.assert_close(adv[neutral_tokens], expected[neutral_tokens], **TOL)
+    assert torch.equal(adv[~neutral_tokens], base[~neutral_tokens])  # padding stays 0 too
+    assert torch.equal(cls_n, cls)
+    assert {k: metrics_n[k] for k in ("conflict_frac", "consensus_frac", "neutral_frac", "kl_teacher")} == {
+        k: metrics[k] for k in ("conflict_frac", "consensus_frac", "neutral_frac", "kl_teacher")
+    }
 
 
 @PROPERTY

@@ -169,6 +169,178 @@ def test_ppo_gradient_only_through_lp_new():
         assert x.grad is None or torch.equal(x.grad, torch.zeros_like(x.grad))
 
 
+# ---------------------------------------------------------------- paper-parity switches
+#
+# docs/algorithm.md sections 5 and 11: the G-OPD fork's loss is dual-clip PPO (clip_ratio_c 3)
+# with seq-mean-token-mean aggregation; the defaults (no dual clip, token mean) must be the
+# loss as it was before the switches existed, bit for bit.
+
+
+def _ppo_before_the_switches(lp_new, lp_old, adv, weight, mask, *, eps_low=0.2, eps_high=0.2):
+    """A verbatim copy of ppo_clip_loss before clip_ratio_c and loss_agg_mode existed."""
+    from workbench.algo.masked import safe, token_mean, valid
+
+    m = valid(mask)
+    lp_new = safe(lp_new, m)
+    lp_old, adv, weight = (safe(x.detach(), m) for x in (lp_old, adv, weight))
+    log_ratio = lp_new - lp_old
+    ratio = torch.exp(log_ratio)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
+    loss = -token_mean(weight * torch.minimum(unclipped, clipped), m)
+    with torch.no_grad():
+        metrics = {
+            "clipfrac": float(token_mean((clipped < unclipped).to(adv.dtype), m)),
+            "ratio_mean": float(token_mean(ratio, m)),
+            "approx_kl": float(token_mean(-log_ratio, m)),
+        }
+    return loss, metrics
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("explicit", [False, True])
+def test_ppo_defaults_are_bit_identical_to_the_loss_before_the_switches(seed, dtype, explicit):
+    g = torch.Generator().manual_seed(seed)
+    shape = (6, 11)
+    lp_old = -torch.rand(shape, generator=g, dtype=dtype) * 3
+    lp_new0 = lp_old + torch.randn(shape, generator=g, dtype=dtype) * 0.5  # ratios well past both clips
+    adv = torch.randn(shape, generator=g, dtype=dtype)
+    w = torch.rand(shape, generator=g, dtype=dtype) * 2
+    mask = torch.rand(shape, generator=g) < 0.8
+    kw = {"clip_ratio_c": None, "loss_agg_mode": "token-mean"} if explicit else {}
+    runs = []
+    for fn, extra in ((ppo_clip_loss, kw), (_ppo_before_the_switches, {})):
+        lp_new = lp_new0.clone().requires_grad_(True)
+        loss, metrics = fn(lp_new, lp_old, adv, w, mask, eps_low=0.15, eps_high=0.25, **extra)
+        loss.backward()
+        runs.append((loss.detach(), lp_new.grad, metrics))
+    (loss, grad, metrics), (old_loss, old_grad, old_metrics) = runs
+    assert torch.equal(loss, old_loss) and torch.equal(grad, old_grad)
+    assert {k: metrics[k] for k in old_metrics} == old_metrics
+    assert metrics["clipfrac_lower"] == 0.0
+
+
+def one_token(ratio, adv, **kw):
+    lp_new = torch.log(t64([[ratio]])).requires_grad_(True)
+    loss, metrics = ppo_clip_loss(lp_new, t64([[0.0]]), t64([[adv]]), t64([[1.0]]), torch.ones(1, 1), **kw)
+    loss.backward()
+    return loss.item(), float(lp_new.grad), metrics
+
+
+@pytest.mark.parametrize("adv", [-1.0, -0.5, -2.0])
+def test_dual_clip_caps_a_negative_advantage_token_at_c(adv):
+    # ratio 5, A < 0: the plain clip's loss is -A * 5 (the unclipped term is the minimum);
+    # the dual clip caps it at -A * 3, where the gradient is 0.
+    assert one_token(5.0, adv)[:2] == pytest.approx((-adv * 5.0, -adv * 5.0), abs=1e-12)
+    loss, grad, metrics = one_token(5.0, adv, clip_ratio_c=3.0)
+    assert loss == pytest.approx(-adv * 3.0, abs=1e-12)
+    assert grad == 0.0
+    assert (metrics["clipfrac"], metrics["clipfrac_lower"]) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("ratio, adv", [(5.0, 1.0), (0.5, 1.0), (2.0, -1.0), (1.0, -1.0), (0.1, -1.0), (5.0, 0.0)])
+def test_dual_clip_leaves_every_other_token_alone(ratio, adv):
+    # A >= 0 at any ratio, and A < 0 at a ratio below c: the plain clip's value and gradient.
+    assert one_token(ratio, adv, clip_ratio_c=3.0) == one_token(ratio, adv)
+
+
+def test_dual_clip_hand_case():
+    # The 2x3 hand case with c = 1.3: only r1 t0 (ratio 1.5, A = -1) changes, from -1.5 to
+    # max(-1.5, 1.3 * -1) = -1.3 (w 1), with gradient 0 there. L = -(2.2 + 2.4 - 0.4 - 1.3) / 4.
+    # clipfrac keeps its meaning (the plain clip: r0 t1, r0 t2); clipfrac_lower counts r1 t0.
+    lp_new, lp_old, adv, w = ppo_inputs()
+    loss, metrics = ppo_clip_loss(lp_new, lp_old, adv, w, PPO_MASK, clip_ratio_c=1.3)
+    loss.backward()
+    assert loss.item() == pytest.approx(-(2.2 + 2.4 - 0.4 - 1.3) / 4, abs=1e-12)
+    torch.testing.assert_close(lp_new.grad, t64([[-0.55, 0.0, 0.0], [0.0, 0.0, 0.0]]), **TOL)
+    assert (metrics["clipfrac"], metrics["clipfrac_lower"]) == (0.5, 0.25)
+
+
+# Two sequences of 1 and 3 tokens and one without a valid token (garbage there), ratio 1, w 1:
+# the objective is A. token-mean: (2 + 1 + 1 + 1) / 4 = 1.25; seq-mean-token-mean:
+# (2 / 1 + 3 / 3) / 2 = 1.5 (the empty row counts in neither). Gradients at ratio 1:
+# token-mean -A / 4 per token; seq-mean-token-mean -A / (2 n_i).
+SEQ_MASK = torch.tensor([[1, 0, 0], [1, 1, 1], [0, 0, 0]])
+SEQ_ADV = [[2.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("pad_value", [0.0, *GARBAGE])
+@pytest.mark.parametrize(
+    "mode, value, grad",
+    [
+        ("token-mean", -1.25, [[-0.5, 0, 0], [-0.25, -0.25, -0.25], [0, 0, 0]]),
+        ("seq-mean-token-mean", -1.5, [[-1.0, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [0, 0, 0]]),
+    ],
+)
+def test_loss_aggregation_hand_case(mode, value, grad, pad_value):
+    lp_new = padded([[-1.0] * 3] * 3, SEQ_MASK, pad_value).requires_grad_(True)
+    lp_old = padded([[-1.0] * 3] * 3, SEQ_MASK, pad_value)
+    adv, w = padded(SEQ_ADV, SEQ_MASK, pad_value), padded([[1.0] * 3] * 3, SEQ_MASK, pad_value)
+    loss, metrics = ppo_clip_loss(lp_new, lp_old, adv, w, SEQ_MASK, loss_agg_mode=mode)
+    loss.backward()
+    assert loss.item() == pytest.approx(value, abs=1e-12)
+    torch.testing.assert_close(lp_new.grad, t64(grad), **TOL)
+    assert (metrics["clipfrac"], metrics["ratio_mean"]) == (0.0, 1.0)  # token means whatever the aggregation
+
+
+def test_seq_mean_token_mean_of_nothing_is_zero():
+    lp = torch.zeros(2, 3, dtype=F64, requires_grad=True)
+    loss, _ = ppo_clip_loss(
+        lp, lp.detach(), lp.detach() + 1, lp.detach() + 1, torch.zeros(2, 3), loss_agg_mode="seq-mean-token-mean"
+    )
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(lp.grad, torch.zeros_like(lp))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=ppo_batches(),
+    c=st.one_of(st.none(), st.floats(1.01, 4.0)),
+    mode=st.sampled_from(["token-mean", "seq-mean-token-mean"]),
+)
+def test_ppo_switches_match_a_token_by_token_reference(batch, c, mode):
+    lp_new, lp_old, adv, w, mask = batch
+    eps = 0.2
+    # Reference in plain Python: per-token objective and its derivative, then the aggregation's weights.
+    obj, dobj, lower = np.zeros_like(lp_new), np.zeros_like(lp_new), 0
+    for i in zip(*np.nonzero(mask)):
+        r = math.exp(lp_new[i] - lp_old[i])
+        unclipped, clip_term = r * adv[i], min(max(r, 1 - eps), 1 + eps) * adv[i]
+        o, d = (unclipped, r * adv[i]) if unclipped <= clip_term else (clip_term, 0.0)
+        if c is not None and adv[i] < 0 and o < c * adv[i]:
+            o, d, lower = c * adv[i], 0.0, lower + 1
+        obj[i], dobj[i] = w[i] * o, w[i] * d
+    n_tok = mask.sum(-1)
+    if mode == "token-mean":
+        per = np.where(mask, 1.0 / max(mask.sum(), 1), 0.0)
+    else:
+        per = np.where(mask, 1.0 / np.maximum(n_tok, 1)[:, None] / max(int((n_tok > 0).sum()), 1), 0.0)
+    lp_new_t = torch.from_numpy(lp_new).requires_grad_(True)
+    loss, metrics = ppo_clip_loss(
+        lp_new_t, *(torch.from_numpy(x) for x in (lp_old, adv, w, mask)), clip_ratio_c=c, loss_agg_mode=mode
+    )
+    loss.backward()
+    assert loss.item() == pytest.approx(-(obj * per).sum(), abs=1e-12)
+    torch.testing.assert_close(lp_new_t.grad, torch.from_numpy(-dobj * per), rtol=0.0, atol=1e-12)
+    assert metrics["clipfrac_lower"] == pytest.approx(lower / max(mask.sum(), 1), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"loss_agg_mode": "seq-mean"}, ["loss_agg_mode", "token-mean", "seq-mean-token-mean"]),
+        ({"clip_ratio_c": 1.0}, ["clip_ratio_c", "> 1"]),
+    ],
+)
+def test_ppo_switches_reject_bad_values(kw, words):
+    lp_new, lp_old, adv, w = ppo_inputs()
+    with pytest.raises(ValueError) as e:
+        ppo_clip_loss(lp_new, lp_old, adv, w, PPO_MASK, **kw)
+    for word in words:
+        assert word in str(e.value)
+
+
 # ---------------------------------------------------------------- nll / PTS anchor
 
 NLL_MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])

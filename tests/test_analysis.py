@@ -15,11 +15,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
-
-pd = pytest.importorskip("pandas")
-pytest.importorskip("matplotlib")
-pytest.importorskip("mlflow")
 
 from workbench.analysis import stats as S
 from workbench.analysis.load import Runs, load_runs
@@ -436,9 +433,9 @@ def test_report_sums_the_runs_compute_time():
 
 # -- notebook --------------------------------------------------------------------------------
 def test_notebook_executes_headless(store, tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    pytest.importorskip("ipykernel")
+    import nbclient
+    import nbformat
+
     nb_path = REPO / "analysis" / "notebooks" / "figures.ipynb"
     nb = nbformat.read(nb_path, as_version=4)
     monkeypatch.setenv("SGOPD_TRACKING_URI", store["uri"])

@@ -286,7 +286,7 @@ def cases() -> list[Case]:
             Case(f"scale/search/{shown}", ["search", SPACE, "--scale", name], says="scale"),
             Case(f"scale/search-worker/{shown}", ["search-worker", SPACE, "--scale", name], says="scale"),
             Case(f"scale/search-report/{shown}", ["search-report", SPACE, "--scale", name], says="scale"),
-            Case(f"scale/prepare/{shown}", ["prepare", "--scale", name, "--out", "w2"], says="scale"),
+            Case(f"scale/prepare/{shown}", ["prepare", "--preset", name, "--out", "w2"], says="preset"),
             Case(
                 f"scale/verl-overrides/{shown}",
                 ["verl-overrides", "--run", "sgopd", "--runs-dir", RUNS, "--scale", name],
@@ -500,7 +500,7 @@ def cases() -> list[Case]:
         Case("in-the-way/grid-start-under-file", ["grid-start", "--scale", "smoke", "--out", "afile/g.json"], says="afile"),
         Case("in-the-way/collect-out-file", ["collect", "--grid", "grid.json", "--out-dir", "afile"], says="afile"),
         Case("in-the-way/casestudy-out-dir", ["casestudy", "cs.json", "--out", "adir"], {"cs.json": "[]"}, says="adir"),
-        Case("in-the-way/prepare-out-file", ["prepare", "--scale", "smoke", "--out", "afile"], says="afile"),
+        Case("in-the-way/prepare-out-file", ["prepare", "--preset", "smoke", "--out", "afile"], says="afile"),
         Case("in-the-way/search-out-file", ["search", SPACE, "--out", "afile"], says="afile"),
         Case(
             "in-the-way/realscale-out-file",

@@ -122,6 +122,13 @@ def test_file_values_override_method_defaults():
         ({"gate": {"gate_levels": 3}}, "gate.gate_levels", []),
         ({"optim": {"warmup_steps": 500}, "train": {"steps": 100}}, "optim.warmup_steps", []),
         ({"rollout": {"group_size": 0}}, "rollout.group_size", []),
+        ({"optim": {"clip_ratio_c": 1.0}}, "optim.clip_ratio_c", ["greater than 1"]),
+        ({"optim": {"loss_agg_mode": "seq-mean"}}, "optim.loss_agg_mode", ["'token-mean'", "'seq-mean-token-mean'"]),
+        ({"gate": {"neutral_mode": "zero"}}, "gate.neutral_mode", ["'base'", "'consensus'", "'opd'", "'mask'"]),
+        ({"method": "exopd", "gate": {"neutral_mode": "opd"}}, "neutral_mode", ["sign_gate"]),
+        ({"gate": {"neutral_mode": "mask", "gate_all_tokens_as": "conflict"}}, "neutral_mode", ["gate_all_tokens_as"]),
+        ({"method": "sft", "optim": {"clip_ratio_c": 3.0}}, "optim.clip_ratio_c", ["sft"]),
+        ({"method": "gkd", "optim": {"loss_agg_mode": "seq-mean-token-mean"}}, "optim.loss_agg_mode", ["gkd"]),
     ],
 )
 def test_bad_configs_name_the_field(data, field, words):
@@ -178,6 +185,41 @@ def test_grid_semantics():
     assert g["probe-two-level"].gate.gate_levels == 4
     assert g["probe-grpo-fallback"].gate.disagree_mode == "grpo"
     assert g["exopd-1.25-single-source"].train.sources == ("A",)
+
+
+def test_paper_parity_switches_reach_the_algo_functions_unchanged():
+    """docs/algorithm.md section 11: the G-OPD fork's loss and the neutral readings are run-config
+    options whose defaults are the project's reading, passed to the pure functions as keywords."""
+    import inspect
+
+    from workbench.algo import ppo_clip_loss
+    from workbench.algo.gate import NEUTRAL_MODES
+    from workbench.algo.losses import LOSS_AGG_MODES
+    from workbench.config import GateConfig, OptimConfig
+
+    c = parse_config({})
+    assert c.optim.pg_loss_kwargs() == {"eps_low": 0.2, "eps_high": 0.2, "clip_ratio_c": None, "loss_agg_mode": "token-mean"}
+    assert c.gate.route_kwargs()["neutral_mode"] == "base"
+    keywords = {n for n, p in inspect.signature(ppo_clip_loss).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert set(c.optim.pg_loss_kwargs()) == keywords
+    assert OptimConfig.model_fields["loss_agg_mode"].annotation.__args__ == LOSS_AGG_MODES
+    assert GateConfig.model_fields["neutral_mode"].annotation.__args__ == NEUTRAL_MODES
+    gopd = parse_config({"optim": {"clip_ratio_c": 3.0, "loss_agg_mode": "seq-mean-token-mean"}, "gate": {"neutral_mode": "opd"}})
+    assert gopd.optim.pg_loss_kwargs()["clip_ratio_c"] == 3.0 and gopd.gate.route_kwargs()["neutral_mode"] == "opd"
+    assert parse_config({"method": "grpo", "optim": {"clip_ratio_c": 3}}).optim.clip_ratio_c == 3.0
+
+
+def test_options_added_later_keep_the_hash_of_runs_recorded_before_them():
+    # Pinned: these configs' hashes before gate.neutral_mode, optim.clip_ratio_c and
+    # optim.loss_agg_mode existed (a run recorded then must still resume).
+    assert parse_config({}).config_hash() == "7dc155cea63adb41"
+    assert parse_config({"method": "opd"}).config_hash() == "b7a9208416f61553"
+    for option in (
+        {"gate": {"neutral_mode": "mask"}},
+        {"optim": {"clip_ratio_c": 3.0}},
+        {"optim": {"loss_agg_mode": "seq-mean-token-mean"}},
+    ):
+        assert parse_config(option).config_hash() != "7dc155cea63adb41", option
 
 
 def test_hash_and_overrides():
@@ -256,3 +298,29 @@ def test_fuzz_validation_accepts_exactly_the_valid_configs(method, p1, p2, ratio
         assert c.pts.phase1_end_frac < c.pts.phase2_end_frac and c.eval.k <= c.eval.n_samples
         # The resolved config survives a YAML round trip unchanged.
         assert parse_config(yaml.safe_load(c.to_yaml())) == c
+
+
+def test_the_pure_functions_defaults_are_the_run_configs():
+    """One source of truth for hyperparameter defaults: the run config (workbench/config.py).
+    The pure functions of workbench.algo keep keyword defaults for direct callers; each must
+    equal the config field it is fed from, so a changed default cannot split the two."""
+    import inspect
+
+    import workbench.algo as A
+    from workbench.config import GateConfig, GKDConfig, OptimConfig, PTSConfig, StabilityConfig
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not inspect.Parameter.empty}
+
+    pairs = [
+        (A.route_advantage, GateConfig().route_kwargs()),
+        (A.ppo_clip_loss, OptimConfig().pg_loss_kwargs()),
+        (A.pts_alpha, PTSConfig().schedule_kwargs()),
+        (A.stability_weight, {"mode": StabilityConfig().mode, "clip": StabilityConfig().clip}),
+        (A.generalized_jsd_loss, {"beta": GKDConfig().beta}),
+    ]
+    for fn, config_values in pairs:
+        fn_defaults = defaults(fn)
+        for key, value in config_values.items():
+            assert key in fn_defaults, f"{fn.__name__} has no default for {key}"
+            assert fn_defaults[key] == value, f"{fn.__name__}({key}={fn_defaults[key]!r}) but the config's default is {value!r}"

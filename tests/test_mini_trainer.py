@@ -1,4 +1,5 @@
-"""End-to-end runs of the mini trainer: every grid method, resume after SIGKILL, NaN stop.
+"""End-to-end runs of the mini trainer: every grid method, resume after SIGKILL, NaN stop,
+and which advantage and weights reach each method's loss.
 
 Smoke scale (tiny models, a few steps): these check plumbing, bookkeeping and the
 contract of the logged metrics, not accuracy.
@@ -14,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
-
-torch = pytest.importorskip("torch")
-mlflow = pytest.importorskip("mlflow")
+import torch
 
 from workbench.config import load_config
-from workbench.runner import train_run
+from workbench.methods import METHODS
+from workbench.mini.runs import train_run
 from workbench.tracking import load_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +114,7 @@ def test_intermediate_evaluations_are_logged(smoke_world, tmp_path, store):
 
 
 def test_single_source_trains_on_its_source_only(smoke_world):
-    from workbench.mini.trainer import World
+    from workbench.mini.world import World
 
     pool = World.open(smoke_world).train_pool(load_config(RUNS / "exopd-1.25-single-source.yaml").train.sources)
     assert pool and {p.source for p in pool} == {"A"}
@@ -267,3 +268,149 @@ def test_bucketed_forward_equals_one_padded_batch(smoke_world):
     assert torch.allclose(lp1[m], lp4[m], atol=1e-5)
     assert torch.allclose(lg1[m], lg4[m], atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g4))
+
+
+# -- which advantage and weights reach the loss, per method ---------------------------------
+
+# The run config each method of the registry is checked with (its own file where there is one).
+RUN_OF = {"exopd": "exopd-1.25"}
+WIRING_STEPS = 2  # step 1: the student is the reference; step 2: it has moved away from it
+
+
+def _grpo_reference(rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(r - mean_g) / (std_g + eps)`` per prompt group, unbiased std; 0 for an all-equal group."""
+    out = torch.zeros(len(rewards), dtype=torch.float64)
+    for g in group_ids.unique():
+        idx = (group_ids == g).nonzero().flatten()
+        r = rewards[idx].double()
+        if bool((r != r[0]).any()):
+            out[idx] = (r - r.mean()) / (r.std(unbiased=True) + eps)
+    return out
+
+
+def _expected_advantage(cfg, route: dict) -> torch.Tensor:
+    """What the method's token loss should receive, from the inputs of the step (docs/algorithm.md
+    sections 2-3), written out here rather than through ``workbench.algo``."""
+    a_rl, lp_old, lp_t, lp_ref, mask = (route[k] for k in ("a_rl", "lp_old", "lp_teacher", "lp_ref", "mask"))
+    a_rl = a_rl.double()[:, None].expand_as(lp_old)
+    lp_old, lp_t, lp_ref = lp_old.double(), lp_t.double(), lp_ref.double()
+    a_opd = lp_t - lp_old
+
+    def a_lam(lam):
+        return lam * (lp_t - lp_ref) - (lp_old - lp_ref)
+
+    g = cfg.gate
+    if cfg.method == "grpo":
+        adv = a_rl
+    elif cfg.method == "opd":
+        adv = a_opd
+    elif cfg.method == "exopd":
+        assert g.gate_all_tokens_as is None
+        adv = a_lam(g.lambda_base)
+    elif cfg.method == "sgopd":
+        assert (g.gate_levels, g.disagree_mode, g.neutral_mode, g.gate_all_tokens_as) == (2, "interp", "base", None)
+        s = torch.sign(a_rl) * torch.sign(a_opd)
+        adv = torch.where(s > 0, a_lam(g.lambda_high), torch.where(s < 0, g.disagree_interp_beta * a_opd, a_lam(g.lambda_base)))
+    else:
+        raise AssertionError(f"no expected advantage written for method {cfg.method!r}")
+    return torch.where(mask, adv, torch.zeros_like(adv))
+
+
+def _expected_weight(cfg, lp_old: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The stability weight of docs/algorithm.md section 4 for the run's mode."""
+    m = mask.double()
+    if cfg.stability.mode == "none":
+        return m
+    assert cfg.stability.mode == "phi", cfg.stability.mode
+    p = lp_old.double().exp()
+    phi = p * (1 - p) * m
+    n = m.sum()
+    w = torch.minimum(phi, cfg.stability.clip * phi.sum() / n) * m
+    return w / (w.sum() / n)
+
+
+@pytest.mark.parametrize("run", [*[RUN_OF.get(name, name) for name in METHODS], "pts-30-35-nofilter"])
+def test_each_method_feeds_its_own_advantage_and_weights_to_its_loss(run, smoke_world, tmp_path, monkeypatch):
+    """Record what reaches workbench.algo's losses in the mini trainer and recompute it here:
+    a method wired to another's advantage, weight or loss fails."""
+    import shutil
+
+    import workbench.algo as A
+    import workbench.mini.trainer as T
+
+    assert set(METHODS) == {"sft", "seqkd", "gkd", "opd", "exopd", "sgopd", "grpo"}, "a new method needs its check here"
+    world = tmp_path / "world"
+    shutil.copytree(smoke_world, world, ignore=shutil.ignore_patterns("teacher_data"))  # a private teacher cache
+    calls: dict[str, list[dict]] = {k: [] for k in ("grpo", "route", "ppo", "nll", "jsd", "pts")}
+
+    def record(name, real, keys):
+        def wrapper(*args, **kwargs):
+            calls[name].append(
+                {
+                    **{k: (a.detach().clone() if isinstance(a, torch.Tensor) else a) for k, a in zip(keys, args)},
+                    **kwargs,
+                }
+            )
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(A, real.__name__, wrapper)
+
+    record("grpo", A.grpo_advantage, ("rewards", "group_ids"))
+    record("route", A.route_advantage, ("a_rl", "lp_old", "lp_teacher", "lp_ref", "mask"))
+    record("ppo", A.ppo_clip_loss, ("lp_new", "lp_old", "adv", "weight", "mask"))
+    record("nll", A.nll_loss, ("logp", "mask"))
+    record("jsd", A.generalized_jsd_loss, ("logits", "t_logits", "mask"))
+    record("pts", A.pts_anchor_loss, ("logp", "mask", "kept"))
+    # The smoke models are never right: a reward from the response's length gives every
+    # group a contrast, so that the gate has consensus and conflict tokens to route.
+    monkeypatch.setattr(T, "verify", lambda problem, text: len(text) % 2 == 0)
+
+    P, G = 4, 4
+    cfg = load_config(
+        RUNS / f"{run}.yaml",
+        [f"train.steps={WIRING_STEPS}", f"rollout.prompts_per_step={P}", f"rollout.group_size={G}", "sft.filter_correct=false"],
+    )
+    method = METHODS.get(cfg.method)
+    T.train(cfg, tmp_path / "run", world, device="cpu")
+
+    per_step = {k: len(v) for k, v in calls.items()}
+    n = WIRING_STEPS
+    if method.family == "sft":
+        assert per_step == {"grpo": 0, "route": 0, "ppo": 0, "nll": n, "jsd": 0, "pts": 0}
+        assert all(c["logp"].shape[0] == P * G for c in calls["nll"])
+        return
+    # The PTS anchor only while the teacher samples: 2 steps of a 30/35 schedule, the first.
+    pts_calls = 1 if cfg.pts.enabled else 0
+    if method.family == "gkd":
+        assert per_step == {"grpo": n, "route": 0, "ppo": 0, "nll": 0, "jsd": n, "pts": pts_calls}
+        assert all(c["beta"] == cfg.gkd.beta for c in calls["jsd"])
+        assert not torch.equal(calls["jsd"][0]["logits"], calls["jsd"][0]["t_logits"])
+        return
+    assert per_step == {"grpo": n, "route": n, "ppo": n, "nll": 0, "jsd": 0, "pts": pts_calls}
+    if cfg.pts.enabled and not cfg.pts.filter_correct:
+        assert bool(calls["pts"][0]["kept"].all())
+
+    contrast = False
+    for step, (grpo, route, ppo) in enumerate(zip(calls["grpo"], calls["route"], calls["ppo"])):
+        mask = route["mask"]
+        # the outcome advantage from the step's rewards, per prompt group of G rollouts
+        assert torch.equal(grpo["group_ids"], torch.arange(P * G) // G)
+        assert torch.allclose(route["a_rl"].double(), _grpo_reference(grpo["rewards"], grpo["group_ids"]), atol=1e-5)
+        contrast |= bool((route["a_rl"] != 0).any())
+        # one PPO epoch on fresh samples; the teacher and the reference scored the same tokens
+        assert torch.equal(ppo["lp_old"], route["lp_old"]) and torch.equal(ppo["mask"], mask)
+        assert torch.equal(ppo["lp_new"], ppo["lp_old"])
+        assert not torch.equal(route["lp_teacher"][mask], route["lp_old"][mask])
+        if cfg.needs_reference() and step > 0:
+            assert not torch.equal(route["lp_ref"][mask], route["lp_old"][mask])  # the frozen start, not the student
+        expected = _expected_advantage(cfg, route)
+        assert torch.allclose(ppo["adv"].double(), expected, atol=1e-5), f"step {step + 1}: wrong advantage"
+        weight = _expected_weight(cfg, route["lp_old"], mask)
+        assert torch.allclose(ppo["weight"].double(), weight, atol=1e-5), f"step {step + 1}: wrong weights"
+        assert (ppo["eps_low"], ppo["eps_high"]) == (cfg.optim.eps_low, cfg.optim.eps_high)
+        if cfg.method == "sgopd":
+            # the gate had both kinds of token to tell apart, so another method's advantage differs
+            s = torch.sign(route["a_rl"])[:, None] * torch.sign(route["lp_teacher"] - route["lp_old"])
+            assert bool((s[mask] > 0).any()) and bool((s[mask] < 0).any())
+            assert cfg.stability.mode == "phi"
+    assert contrast, "the fake verifier gave no group a contrast: the check would be weak"

@@ -10,20 +10,16 @@ import json
 import random
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
 torch.set_num_threads(2)
 
 from workbench.mini import task as T
+from workbench.mini.evaluate import evaluate_accuracy
 from workbench.mini.models import build_model, count_params
-from workbench.mini.prepare import (
-    evaluate_accuracy,
-    generate,
-    generate_no_cache,
-    make_batch,
-    prepare,
-)
+from workbench.mini.prepare import prepare
+from workbench.mini.sampling import generate, generate_no_cache
+from workbench.mini.sft import make_batch
 from workbench.mini.tokenizer import (
     BOS_ID,
     CODEC,
@@ -33,6 +29,7 @@ from workbench.mini.tokenizer import (
     VOCAB_SIZE,
     save_tokenizer,
 )
+from workbench.registry import UnknownNameError
 
 # ---------------------------------------------------------------------------------------
 # task and verifier
@@ -272,7 +269,7 @@ def test_make_batch_labels_are_shifted_response():
 @pytest.fixture(scope="module")
 def mini_smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("world") / "smoke"
-    man = prepare(out, seed=0, scale="smoke")
+    man = prepare(out, seed=0, preset="smoke")
     return out, man
 
 
@@ -280,7 +277,7 @@ def test_prepare_writes_world(mini_smoke):
     out, man = mini_smoke
     on_disk = json.loads((out / "manifest.json").read_text())
     assert on_disk == man
-    assert man["seed"] == 0 and man["scale"] == "smoke" and len(man["config_hash"]) == 16
+    assert man["seed"] == 0 and man["preset"] == "smoke" and len(man["config_hash"]) == 16
     for f in ["train_A", "train_B", "validation", "bench1", "bench2", "bench3", "bench4"]:
         assert (out / "data" / f"{f}.jsonl").stat().st_size > 0
     for role in ("teacher", "student"):
@@ -309,11 +306,11 @@ def test_prepare_models_load_with_auto_classes(mini_smoke):
 def test_prepare_reuses_cache_and_rebuilds_on_change(mini_smoke):
     out, man = mini_smoke
     stamp = (out / "teacher" / "model.safetensors").stat().st_mtime_ns
-    again = prepare(out, seed=0, scale="smoke")
+    again = prepare(out, seed=0, preset="smoke")
     assert again == man
     assert (out / "teacher" / "model.safetensors").stat().st_mtime_ns == stamp
     # a different config is a different hash: rebuilt in place
-    other = prepare(out, seed=0, scale="smoke", overrides={"student_style": T.Style(order="right", skip=0.9)})
+    other = prepare(out, seed=0, preset="smoke", overrides={"student_style": T.Style(order="right", skip=0.9)})
     assert other["config_hash"] != man["config_hash"]
     assert json.loads((out / "manifest.json").read_text())["config_hash"] == other["config_hash"]
     # only the student's recipe changed: the teacher is carried over, the student retrained
@@ -325,19 +322,19 @@ def test_prepare_reuses_cache_and_rebuilds_on_change(mini_smoke):
 
 def test_prepare_deterministic(mini_smoke, tmp_path):
     out, man = mini_smoke
-    man2 = prepare(tmp_path / "w2", seed=0, scale="smoke")
+    man2 = prepare(tmp_path / "w2", seed=0, preset="smoke")
     assert man2["config_hash"] == man["config_hash"]
     for role in ("teacher", "student"):
         assert man2["models"][role]["sft_log"][-1]["loss"] == man["models"][role]["sft_log"][-1]["loss"]
         assert man2["models"][role]["accuracy"] == man["models"][role]["accuracy"]
     assert (tmp_path / "w2" / "data" / "bench3.jsonl").read_text() == (out / "data" / "bench3.jsonl").read_text()
-    with pytest.raises(KeyError, match="valid"):
-        prepare(tmp_path / "w3", scale="huge")
+    with pytest.raises(UnknownNameError, match="unknown world preset 'huge'; valid: mini, smoke"):
+        prepare(tmp_path / "w3", preset="huge")
 
 
 def test_evaluate_accuracy_counts(mini_smoke):
     out, _ = mini_smoke
-    from workbench.mini.prepare import load_world
+    from workbench.mini.world import load_world
 
     w = load_world(out)
     probs = w["benchmarks"]["bench1"][:6]

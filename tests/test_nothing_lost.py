@@ -19,14 +19,12 @@ import threading
 import time
 from pathlib import Path
 
+import mlflow
 import pytest
-
-torch = pytest.importorskip("torch")
-mlflow = pytest.importorskip("mlflow")
 
 from workbench.cli import main
 from workbench.errors import UserError
-from workbench.runner import eval_model, train_run
+from workbench.mini.runs import eval_model, train_run
 from workbench.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, ResumeError, Tracker, load_history
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,7 +81,7 @@ def test_prepare_refuses_a_directory_that_is_not_a_world(tmp_path, capsys):
     out = tmp_path / "x"
     out.mkdir()
     (out / "keep").write_text("hi")
-    rc, err = run_cli(capsys, "prepare", "--scale", "smoke", "--out", out)
+    rc, err = run_cli(capsys, "prepare", "--preset", "smoke", "--out", out)
     assert rc == 2 and one_error(err) and str(out) in err and "no world" in err
     assert (out / "keep").read_text() == "hi"
     # --out results: the MLflow store and the runs beside a world are not the world's.
@@ -92,11 +90,11 @@ def test_prepare_refuses_a_directory_that_is_not_a_world(tmp_path, capsys):
     (results / "mlflow.db").write_text("store")
     (results / "manifest.json").write_text("{}")
     before = tree(results)
-    rc, err = run_cli(capsys, "prepare", "--scale", "smoke", "--out", results)
+    rc, err = run_cli(capsys, "prepare", "--preset", "smoke", "--out", results)
     assert rc == 2 and "mlflow.db" in err and tree(results) == before
     afile = tmp_path / "afile"
     afile.write_text("data")
-    rc, err = run_cli(capsys, "prepare", "--scale", "smoke", "--out", afile)
+    rc, err = run_cli(capsys, "prepare", "--preset", "smoke", "--out", afile)
     assert rc == 2 and afile.read_text() == "data"
 
 
@@ -108,7 +106,7 @@ def test_prepare_replaces_a_world_it_built(smoke_world, tmp_path):
     world = tmp_path / "world"
     shutil.copytree(smoke_world, world)
     (world / "teacher_data").mkdir(exist_ok=True)  # the trainer's cache belongs to the world
-    man = prepare(world, scale="smoke", force=True)
+    man = prepare(world, preset="smoke", force=True)
     assert json.loads((world / "manifest.json").read_text())["config_hash"] == man["config_hash"]
     assert not (world / "teacher_data").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp sibling left

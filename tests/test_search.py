@@ -14,11 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
-
-optuna = pytest.importorskip("optuna")
-pytest.importorskip("mlflow")
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -173,7 +171,7 @@ def test_the_sampler_keeps_p1_below_p2(low, width, gap, extra, seed):
 
 
 def test_pts_lambda_space_draws_only_valid_run_configs():
-    from workbench.runner import resolve_config
+    from workbench.grid import resolve_config
     from workbench.search.space import base_config_path, trial_overrides
 
     space, scale = load_space(SEARCH / "pts-lambda.yaml")
@@ -298,8 +296,8 @@ def test_a_killed_worker_s_trial_resumes_from_its_checkpoint(smoke_world, tmp_pa
 def test_failed_and_pruned_trials_are_recorded_and_the_search_goes_on(smoke_world, tmp_path, store, monkeypatch):
     """Validation scores are faked from lambda_high so pruning is deterministic; lambda_high 1.2 raises."""
     import workbench.mini.evaluate as E
+    import workbench.mini.runs as R
     import workbench.mini.trainer as T
-    import workbench.runner as R
     from workbench.search import run_search
 
     settings_ = [1.8, 1.2, 2.0, 1.0, 1.1]

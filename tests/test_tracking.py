@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -31,9 +30,6 @@ from workbench.tracking import (
     load_history,
     standard_tags,
 )
-
-# mlflow is an optional dependency; the tests import it lazily, like the code.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow not installed")
 
 KEYS = [f"train/m{i}" for i in range(3)]
 
@@ -463,8 +459,14 @@ def test_a_run_reaches_a_tracking_server_named_by_the_environment(mlflow_server,
 
 # -- small pieces ----------------------------------------------------------------------
 def test_default_tracking_uri(tmp_path, monkeypatch):
-    assert default_tracking_uri(tmp_path) == f"sqlite:///{tmp_path.resolve()}/results/mlflow.db"
-    assert default_tracking_uri().endswith("/results/mlflow.db")
+    # Hermetic: neither the caller's MLFLOW_TRACKING_URI nor the directory pytest runs from decides.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    local = f"sqlite:///{tmp_path.resolve()}/results/mlflow.db"
+    assert default_tracking_uri(tmp_path) == local
+    assert default_tracking_uri() == f"sqlite:///{Path(__file__).resolve().parents[1]}/results/mlflow.db"  # the checkout's
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # set but empty: the default
+    assert default_tracking_uri(tmp_path) == local
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert default_tracking_uri(tmp_path) == "http://127.0.0.1:5000"
 

@@ -155,6 +155,8 @@ def test_the_scale_owns_size_fields_and_says_so():
         "seed",
         "optim.eps_low",
         "optim.eps_high",
+        "optim.clip_ratio_c",
+        "optim.loss_agg_mode",
         "train.steps_frac",
         "train.keep_checkpoints_at",
         "train.init_from",
@@ -170,6 +172,35 @@ def test_the_scale_owns_size_fields_and_says_so():
     fields = set(leaves(RunConfig()))
     assert fields - set(SCALE_OWNED) - RUN_OWNED == {f for f in fields if f.split(".")[0] in sections}
     assert set(SCALE_OWNED) <= fields
+
+
+def test_paper_parity_switches_map_onto_verls_own_fields():
+    """docs/algorithm.md section 11: the dual clip and the aggregation are verl's own
+    (``clip_ratio_c``, ``actor.loss_agg_mode``); the neutral reading is a gate field."""
+    dl, actor = "distillation.distillation_loss", "actor_rollout_ref.actor"
+    gopd = ["optim.clip_ratio_c=3.0", "optim.loss_agg_mode=seq-mean-token-mean"]
+    default = as_dict(job("gate-1.5"))
+    assert (default[f"{dl}.clip_ratio_c"], default[f"{actor}.clip_ratio_c"]) == ("1000000000.0",) * 2
+    assert (default[f"{actor}.loss_agg_mode"], default[f"{dl}.neutral_mode"]) == ("token-mean", "base")
+    d = as_dict(build_job(load_config(RUNS / "gate-1.5.yaml", [*gopd, "gate.neutral_mode=opd"]), load_scale("paper")))
+    assert (d[f"{dl}.clip_ratio_c"], d[f"{actor}.clip_ratio_c"]) == ("3.0", "3.0")
+    assert (d[f"{actor}.loss_agg_mode"], d[f"{dl}.neutral_mode"]) == ("seq-mean-token-mean", "opd")
+    # OPD without PTS runs stock k1, which cannot take a clip_ratio_c: with a dual clip it
+    # takes the sgopd loss with the gate off at lambda 1 (OPD), still without a reference.
+    assert as_dict(build_job(load_config(RUNS / "opd.yaml", gopd[1:]), load_scale("paper")))[f"{dl}.loss_mode"] == "k1"
+    opd = as_dict(build_job(load_config(RUNS / "opd.yaml", gopd), load_scale("paper")))
+    assert (opd[f"{dl}.loss_mode"], opd[f"{dl}.sign_gate"], opd[f"{dl}.lambda_base"]) == ("sgopd", "false", "1.0")
+    assert (opd[f"{dl}.clip_ratio_c"], opd[f"{actor}.loss_agg_mode"], opd[f"{actor}.use_kl_loss"]) == (
+        "3.0",
+        "seq-mean-token-mean",
+        "false",
+    )
+    grpo = as_dict(build_job(load_config(RUNS / "grpo.yaml", gopd), load_scale("paper")))
+    assert (grpo[f"{actor}.clip_ratio_c"], grpo[f"{actor}.loss_agg_mode"]) == ("3.0", "seq-mean-token-mean")
+    # SG-OPD with PTS: the actor's aggregation, which the PTS trainer hands to its row scales
+    sg = as_dict(build_job(load_config(RUNS / "sgopd.yaml", gopd), load_scale("paper")))
+    assert (sg[f"{dl}.clip_ratio_c"], sg[f"{actor}.loss_agg_mode"]) == ("3.0", "seq-mean-token-mean")
+    assert as_dict(build_job(load_config(RUNS / "sgopd.yaml", gopd[:1]), load_scale("paper")))[f"{dl}.clip_ratio_c"] == "3.0"
 
 
 def test_a_run_trains_its_share_of_the_scales_steps():
@@ -305,6 +336,14 @@ def test_verl_check_composes_the_overrides_into_verl_config():
     assert (loss.gate_levels, loss.cell_lambda_neg_neg, loss.cell_beta_pos_neg) == (4, 1.25, 1.0)
     assert loss.clip_ratio_c == 1e9 and loss.loss_max_clamp is None
     assert OmegaConf.select(cfg, "actor_rollout_ref.actor.ppo_mini_batch_size") == 64
+    gopd = build_job(
+        load_config(RUNS / "exopd-1.25.yaml", ["optim.clip_ratio_c=3.0", "optim.loss_agg_mode=seq-mean-token-mean"]),
+        load_scale("paper"),
+    )
+    assert check_job(gopd).ok
+    cfg = compose(gopd)
+    assert omega_conf_to_dataclass(cfg.distillation).distillation_loss.clip_ratio_c == 3.0
+    assert OmegaConf.select(cfg, "actor_rollout_ref.actor.loss_agg_mode") == "seq-mean-token-mean"
     broken = build_job(load_config(RUNS / "gate-1.5.yaml"), load_scale("paper", ["cluster.teacher_gpus_per_node=3"]))
     res = check_job(broken)  # tp 2 does not divide a pool of 3
     assert not res.ok and "divide" in " ".join(res.errors)
@@ -321,3 +360,39 @@ def test_adding_the_verbs_imports_neither_verl_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_the_loss_target_names_the_loss_config_class():
+    """overrides.py cannot import the loss module (it imports verl): its ``_target_`` string
+    must still name ``SGOPDLossConfig`` where it lives."""
+    pytest.importorskip("verl")  # the verl extra is optional
+    from workbench.backends.verl import loss
+    from workbench.backends.verl.overrides import LOSS_TARGET
+
+    assert LOSS_TARGET == f"{loss.SGOPDLossConfig.__module__}.{loss.SGOPDLossConfig.__qualname__}"
+
+
+def test_one_rule_decides_the_reference_model_on_both_backends():
+    """``RunConfig.needs_reference``: the mini trainer loads a reference model and the verl job
+    asks for a reference policy for exactly the same grid runs (routed PG runs with a lambda != 1
+    that the routing reads)."""
+    want = {
+        "exopd-1.25",
+        "exopd-1.25-single-source",
+        "exopd-1.8",
+        "gate-1.5",
+        "gate-1.5-preserve",
+        "gate-1.8-pass",
+        "gate-1.8-shrink",
+        "probe-grpo-fallback",
+        "probe-two-level",
+        "sgopd",
+        "sgopd-1.5",
+        "timesep-1.5",
+        "timesep-1.8",
+    }
+    got = {p.stem for p in RUNS.glob("*.yaml") if load_config(p).needs_reference()}
+    assert got == want  # exopd-1.25-interp-all: every token gets 0.5 A_OPD, free of lp_ref
+    # verl: the reference policy is on (use_kl_loss, at coefficient 0) for exactly those runs
+    on_verl = {p.stem for p in RUNS.glob("*.yaml") if as_dict(job(p.stem)).get("actor_rollout_ref.actor.use_kl_loss") == "true"}
+    assert on_verl == want

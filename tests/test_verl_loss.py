@@ -9,10 +9,11 @@ directly with ``workbench.algo`` on padded tensors sliced independently here.
 from __future__ import annotations
 
 import pytest
+import torch
 
 pytest.importorskip("verl")
-torch = pytest.importorskip("torch")
 
+import functools
 import zlib
 from pathlib import Path
 
@@ -117,6 +118,38 @@ def test_microbatches_with_driver_fields_equal_the_whole_batch():
     assert not torch.allclose(alone, ref_loss, rtol=1e-4, atol=1e-6)
 
 
+def test_pts_step_fields_hand_the_actors_aggregation_to_the_row_scales():
+    """The PTS trainer passes verl's ``actor.loss_agg_mode`` through ``step_fields``: the row
+    scales are ``adapter.row_scales`` under that mode (student and anchor rows), not token-mean's."""
+    from workbench.backends.verl import adapter, pts_plan
+    from workbench.backends.verl.testing import make_batch
+
+    loss_cfg = _loss_config(CASES["sgopd"])
+    batch = make_batch(seed=5, n_rows=9, n_anchor=3)
+    rewards = torch.tensor([float(i % 2) for i in range(9)])
+    plan = pts_plan.StepPlan(True, 3, 0.4)
+    kw = {
+        "rewards": rewards,
+        "uids": [f"p{i // 3}" if not batch.anchor[i] else f"a{i}" for i in range(9)],
+        "anchor": batch.anchor,
+        "mask": batch.mask,
+        "lp_old": batch.lp_old,
+        "lp_teacher": batch.lp_teacher,
+        "lp_ref": batch.lp_ref,
+        "loss_cfg": {
+            **loss_cfg.route_kwargs(),
+            "stability_mode": loss_cfg.stability_mode,
+            "stability_clip": loss_cfg.stability_clip,
+        },
+        "plan": plan,
+    }
+    scales = {mode: pts_plan.step_fields(**kw, loss_agg_mode=mode)[0]["sgopd_row_scale"] for mode in adapter.LOSS_AGG_MODES}
+    kept = pts_plan.kept_anchors(rewards, batch.anchor, True)
+    for mode, got in scales.items():
+        torch.testing.assert_close(got, adapter.row_scales(batch.mask.bool(), batch.anchor, kept, plan.alpha, mode))
+    assert not torch.allclose(scales["token-mean"], scales["seq-mean-token-mean"])
+
+
 @pytest.mark.parametrize("filter_correct", [True, False])
 def test_pts_anchor_rows_add_alpha_times_the_anchor_nll_in_the_same_step(filter_correct):
     """Teacher-anchor rows in the batch: gradient = grad L_tok (student rows) + alpha grad L_PTS
@@ -169,6 +202,163 @@ def test_pts_anchor_rows_add_alpha_times_the_anchor_nll_in_the_same_step(filter_
     assert m["sgopd/n_valid"] == int((batch.mask & student[:, None]).sum())
 
 
+# -- paper-parity switches (docs/algorithm.md sections 5, 11) on both backends ------------------
+#
+# The run config goes through the real mapping (overrides -> verl's composed config); verl's own
+# PPO clip, dual clip and aggregation must then equal what the mini trainer computes with the
+# same run config (route_advantage, stability_weight, ppo_clip_loss(**cfg.optim.pg_loss_kwargs())).
+# clip_ratio_c 1.1 makes the dual clip bind on many tokens of the test batches (ratios e**N(0, .25)).
+
+NO_PTS = {"pts": {"enabled": False}}
+PARITY = {
+    "dual-clip": {**NO_PTS, "optim": {"clip_ratio_c": 1.1}},
+    "seq-mean-token-mean": {**NO_PTS, "optim": {"loss_agg_mode": "seq-mean-token-mean"}},
+    "g-opd-loss": {**NO_PTS, "optim": {"clip_ratio_c": 1.1, "loss_agg_mode": "seq-mean-token-mean"}},
+    "neutral-consensus": {**NO_PTS, "gate": {"neutral_mode": "consensus"}},
+    "neutral-opd": {**NO_PTS, "gate": {"neutral_mode": "opd"}},
+    "neutral-mask-four-cells": {**NO_PTS, "gate": {"neutral_mode": "mask", "gate_levels": 4, "cell_beta_neg_pos": 1.0}},
+    "opd-dual-clip-seq-mean": {"method": "opd", "optim": {"clip_ratio_c": 1.1, "loss_agg_mode": "seq-mean-token-mean"}},
+}
+
+
+@functools.cache
+def _verl_side(name):
+    """``(run config, verl actor config, verl distillation config)`` of PARITY[name], composed by verl."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from workbench.backends.verl.check import compose
+    from workbench.backends.verl.overrides import build_job, load_scale
+    from workbench.config import parse_config
+
+    cfg = parse_config({"method": "sgopd", **PARITY[name]})
+    composed = compose(build_job(cfg, load_scale("paper")))
+    return cfg, omega_conf_to_dataclass(composed.actor_rollout_ref.actor), omega_conf_to_dataclass(composed.distillation)
+
+
+def _mini_side(batch, cfg, rows=None):
+    """The mini trainer's token loss on ``batch``: ``(loss, grad over lp_full, metrics)``."""
+    m = batch.mask if rows is None else batch.mask & rows[:, None]
+    adv, _, _ = A.route_advantage(batch.a_rl, batch.lp_old, batch.lp_teacher, batch.lp_ref, m, **cfg.gate.route_kwargs())
+    w = A.stability_weight(adv, batch.lp_old, m, mode=cfg.stability.mode, clip=cfg.stability.clip)
+    weight = w * batch.is_w if batch.is_w is not None else w
+    lp = batch.lp_new.detach().requires_grad_(True)
+    loss, metrics = A.ppo_clip_loss(lp, batch.lp_old, adv, weight, m, **cfg.optim.pg_loss_kwargs())
+    loss.backward()
+    return loss.detach(), batch.scatter_to_full(lp.grad), metrics
+
+
+@pytest.mark.parametrize("is_weights", [False, True], ids=["no-IS", "rollout-IS"])
+@pytest.mark.parametrize("name", sorted(PARITY))
+def test_paper_parity_switches_are_the_same_loss_on_both_backends(name, is_weights):
+    from workbench.backends.verl.testing import make_batch, run_verl
+
+    cfg, actor, dist = _verl_side(name)
+    assert dist.distillation_loss.loss_mode == "sgopd"  # opd with a dual clip too: stock k1 has no clip_ratio_c
+    assert (actor.loss_agg_mode, dist.distillation_loss.neutral_mode) == (cfg.optim.loss_agg_mode, cfg.gate.neutral_mode)
+    assert dist.distillation_loss.clip_ratio_c == (cfg.optim.clip_ratio_c or 1e9)
+    batch = make_batch(seed=zlib.crc32(name.encode()) % 1000, n_rows=12, is_weights=is_weights)
+    loss, grad, metrics = run_verl(actor, dist, batch)
+    ref_loss, ref_grad, ref_metrics = _mini_side(batch, cfg)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+    assert metrics["distillation/pg_clipfrac"] == pytest.approx(ref_metrics["clipfrac"])
+    assert metrics["distillation/pg_clipfrac_lower"] == pytest.approx(ref_metrics["clipfrac_lower"])
+    assert (ref_metrics["clipfrac_lower"] > 0) == (cfg.optim.clip_ratio_c is not None)  # the dual clip binds
+
+
+def test_paper_parity_switches_change_the_loss():
+    """The switches are not no-ops on the test batches (else the parity above proves nothing)."""
+    from workbench.backends.verl.testing import make_batch
+
+    batch = make_batch(seed=11, n_rows=12, is_weights=True)
+    default = _mini_side(batch, _verl_side("dual-clip")[0].with_overrides({"optim.clip_ratio_c": None}))[1]
+    for name in sorted(PARITY):
+        if PARITY[name].get("method") != "opd":
+            assert not torch.allclose(_mini_side(batch, _verl_side(name)[0])[1], default), name
+
+
+def test_seq_mean_token_mean_microbatches_with_driver_fields_equal_the_whole_batch():
+    """verl divides each micro-batch's row means by the global row count: summed over
+    micro-batches (with the driver's whole-batch weight) they are the whole batch's loss."""
+    from workbench.backends.verl.adapter import driver_fields
+    from workbench.backends.verl.testing import make_batch, run_verl, split
+
+    cfg, actor, dist = _verl_side("g-opd-loss")
+    batch = make_batch(seed=8, n_rows=10, is_weights=True)
+    fields = driver_fields(
+        batch.a_rl,
+        batch.lp_old,
+        batch.lp_teacher,
+        batch.lp_ref,
+        batch.mask,
+        route_kwargs=cfg.gate.route_kwargs(),
+        stability_mode=cfg.stability.mode,
+        stability_clip=cfg.stability.clip,
+        loss_agg_mode=cfg.optim.loss_agg_mode,
+    )
+    assert torch.equal(fields["sgopd_row_scale"], torch.ones(10))  # no anchor rows: nothing to rescale
+    total_loss, total_grad = 0.0, torch.zeros_like(batch.lp_full)
+    for part, extra in split(batch, [0, 3, 7, 10], extra={"sgopd_weight": fields["sgopd_weight"]}):
+        loss, grad, _ = run_verl(actor, dist, part, extra)
+        total_loss = total_loss + loss
+        total_grad[part.full_slice] += grad
+    ref_loss, ref_grad, _ = _mini_side(batch, cfg)
+    torch.testing.assert_close(total_loss, ref_loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(total_grad, ref_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])
+def test_pts_anchor_rows_under_either_aggregation(mode):
+    """Anchor rows in the batch (row scales from ``driver_fields`` for verl's aggregation): the
+    gradient is the mini trainer's L_tok (aggregated over the student rows as ``mode`` says) plus
+    alpha * L_PTS (token mean over the kept anchor tokens, docs/algorithm.md section 6)."""
+    from workbench.backends.verl.adapter import driver_fields
+    from workbench.backends.verl.testing import make_batch, run_verl
+
+    cfg, actor, dist = _verl_side("g-opd-loss" if mode != "token-mean" else "dual-clip")
+    batch = make_batch(seed=9, n_rows=12, is_weights=True, n_anchor=3)
+    anchor = batch.anchor
+    kept = anchor & torch.tensor([i % 2 == 1 for i in range(12)])  # anchors 9, 10, 11: kept 9 and 11
+    a_rl = torch.where(anchor[:, None], torch.zeros(()), batch.a_rl)
+    batch = batch.replace(a_rl=a_rl)
+    alpha = 0.7
+    fields = driver_fields(
+        a_rl,
+        batch.lp_old,
+        batch.lp_teacher,
+        batch.lp_ref,
+        batch.mask,
+        route_kwargs=cfg.gate.route_kwargs(),
+        stability_mode=cfg.stability.mode,
+        stability_clip=cfg.stability.clip,
+        anchor=anchor,
+        kept=kept,
+        alpha=alpha,
+        loss_agg_mode=mode,
+    )
+    extra = {"sgopd_weight": fields["sgopd_weight"], "sgopd_row_scale": fields["sgopd_row_scale"], "pts_anchor": anchor.long()}
+    _, grad, _ = run_verl(actor, dist, batch, extra)
+    _, ref_tok_grad, _ = _mini_side(batch, cfg, rows=~anchor)
+    lp = batch.lp_new.detach().requires_grad_(True)
+    pts_loss, _ = A.pts_anchor_loss(lp, batch.mask, kept)
+    (alpha * pts_loss).backward()
+    torch.testing.assert_close(grad, ref_tok_grad + batch.scatter_to_full(lp.grad), rtol=1e-5, atol=1e-7)
+
+
+def test_the_loss_config_declares_the_run_configs_fields_once():
+    """``SGOPDLossConfig``'s gate, stability and PTS fields are the run config's (finding: one
+    declaration): same names and defaults (a loss config alone starts no PTS trainer)."""
+    from workbench.backends.verl.adapter import ROUTE_KEYS
+    from workbench.backends.verl.loss import SGOPDLossConfig
+    from workbench.config import GateConfig, PTSConfig, StabilityConfig
+
+    loss = SGOPDLossConfig()
+    assert loss.route_kwargs() == GateConfig().model_dump() and ROUTE_KEYS == tuple(GateConfig.model_fields)
+    assert loss.section("stability") == StabilityConfig().model_dump()
+    assert loss.pts_kwargs() == {**PTSConfig().model_dump(), "enabled": False}
+    assert (loss.stability_mode, loss.pts_phase2_end_frac, loss.neutral_mode) == ("phi", 0.35, "base")
+
+
 def test_stock_k1_crashes_on_nested_rollout_is_weights_and_sgopd_does_not():
     """The trap the sgopd loss works around (verl 0.9.1): nested IS weights in the distillation path."""
     from verl.workers.config import DistillationLossConfig
@@ -210,6 +400,10 @@ def test_loss_config_rejects_what_would_change_sgopd():
         SGOPDLossConfig(disagree_mode="nope")
     with pytest.raises(ValueError, match="pts"):
         SGOPDLossConfig(pts_phase1_end_frac=0.5, pts_phase2_end_frac=0.4)
+    with pytest.raises(ValueError, match="gate.neutral_mode"):
+        SGOPDLossConfig(neutral_mode="zero")
+    with pytest.raises(ValueError, match="neutral_mode 'opd' only applies with the gate on"):
+        SGOPDLossConfig(sign_gate=False, neutral_mode="opd")
     assert SGOPDLossConfig().loss_max_clamp is None  # the dataclass default of verl's parent is 10
 
 

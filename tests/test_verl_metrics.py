@@ -17,11 +17,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 pytest.importorskip("verl")
 pytest.importorskip("transfer_queue")
-pytest.importorskip("mlflow")
-torch = pytest.importorskip("torch")
 
 from omegaconf import OmegaConf
 from tensordict import TensorDict

@@ -236,7 +236,8 @@ def test_job_inputs_are_checked_with_the_command_that_makes_each(tmp_path, monke
 
 
 def test_verl_launch_refuses_before_any_compute(tmp_path, monkeypatch, capsys):
-    torch = pytest.importorskip("torch")
+    import torch
+
     if torch.version.cuda is not None:
         pytest.skip("a CUDA build of torch: the CPU refusal cannot be shown here")
     monkeypatch.chdir(tmp_path)
@@ -287,7 +288,7 @@ def test_without_flash_attn_the_fsdp_model_uses_sdpa(tmp_path):
 def test_sdpa_on_packed_sequences_equals_each_sequence_alone():
     """verl's remove-padding packs a micro-batch into one row with restarting position ids and
     no attention mask; transformers' SDPA path must keep the sequences apart (no flash-attn)."""
-    torch = pytest.importorskip("torch")
+    import torch
     from transformers import Qwen3ForCausalLM
 
     from workbench.backends.verl.testing import _toy_config

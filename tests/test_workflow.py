@@ -12,13 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from workbench import grid as G
+from workbench.errors import UserError
+from workbench.registry import UnknownNameError
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-
-pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed in this environment")
 
 
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True, env=None) -> subprocess.CompletedProcess:
@@ -77,9 +78,58 @@ def test_bad_workflow_config_fails_before_any_job(tmp_path):
     assert r.returncode != 0 and "unknown run 'nope'" in (r.stdout + r.stderr)
 
 
+def test_grid_facts_name_the_file_the_key_and_what_is_valid(tmp_path):
+    experiments = shutil.copytree(REPO / "experiments", tmp_path / "experiments")
+    facts = experiments / "grid.yaml"
+    text = facts.read_text()
+    facts.write_text(text.replace("1b: [sgopd, exopd-1.25]", "1b: [sgopd, nope]"))
+    with pytest.raises(UnknownNameError) as e:
+        G.load_facts(experiments)
+    assert str(e.value) == f"{facts}: claims.1b: unknown run 'nope'; valid: {', '.join(G.run_ids())}"
+    # a checkpoint is evaluated only if its run keeps it
+    facts.write_text(text.replace("{run: sgopd, at_frac: 0.9", "{run: opd, at_frac: 0.9"))
+    with pytest.raises(UserError, match=r"extra_evals\.sgopd-at90\.at_frac: opd's config keeps no checkpoint at 0\.9"):
+        G.load_facts(experiments)
+
+
+def job_resources(out: str) -> list[tuple[str, dict[str, str]]]:
+    """(rule, resources) of every job a dry run prints."""
+    jobs, rule = [], None
+    for line in out.splitlines():
+        if m := re.match(r"^(?:local)?rule (\w+):$", line):
+            rule = m.group(1)
+        elif rule and (m := re.match(r"^\s+resources: (.*)$", line)):
+            jobs.append((rule, dict(kv.split("=", 1) for kv in m.group(1).split(", "))))
+            rule = None
+    return jobs
+
+
 def test_profiles_parse(tmp_path):
     out = snakemake("-n", "--profile", "profiles/default", "--config", "scale=smoke", f"results={tmp_path}").stdout
     assert "Job stats:" in out
+    # The SLURM profile, through its executor plugin (the dev extra), on both backends: every
+    # job gets the account and the default resources (a rule may declare its own values), the
+    # rules it names exist and get what it sets, and exactly the GPU jobs leave the default
+    # (CPU) partition.
+    import snakemake_executor_plugin_slurm  # noqa: F401
+
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["executor"] == "slurm"
+    defaults, per_rule = profile["default-resources"], profile["set-resources"]
+    seen = set()
+    for backend in ("mini", "verl"):
+        args = ("--config", "scale=smoke", f"backend={backend}", "seeds=[0]", f"results={tmp_path / backend}")
+        out = snakemake("-n", "--profile", "profiles/slurm", *args).stdout
+        assert "Job stats:" in out
+        jobs = job_resources(out)
+        assert jobs, out[-2000:]
+        for rule, res in jobs:
+            seen.add(rule)
+            assert set(defaults) <= set(res), (rule, res)
+            assert res["slurm_account"] == str(defaults["slurm_account"])
+            assert all(res[k] == str(v) for k, v in per_rule.get(rule, {}).items()), (rule, res)
+            assert ("gpu" in res) == (res["slurm_partition"] != defaults["slurm_partition"]), (rule, res)
+    assert set(per_rule) <= seen, set(per_rule) - seen
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:

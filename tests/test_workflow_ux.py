@@ -18,7 +18,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SNAKEMAKE = BIN / "snakemake"
-needs_snakemake = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake is not installed in this environment")
 
 
 def snakemake(*args: str, cwd: Path = REPO, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -57,7 +56,6 @@ def checkout_copy(dest: Path) -> Path:
 
 
 # -- publishing: only the complete default grid, through temp siblings ------------------------
-@needs_snakemake
 def test_only_the_complete_default_grid_is_published(tmp_path):
     def publishes(*config: str) -> int:
         out = snakemake("-n", "--config", f"results={tmp_path}", *config).stdout
@@ -70,7 +68,6 @@ def test_only_the_complete_default_grid_is_published(tmp_path):
     assert publishes("scale=mini", "seeds=[2,1,0]", "backend=mini") == 1
 
 
-@needs_snakemake
 def test_publish_replaces_each_report_item_whole(tmp_path):
     clone = checkout_copy(tmp_path / "clone")
     report = clone / "results" / "mini" / "report"
@@ -152,7 +149,6 @@ def test_only_snakemake_and_workbench_commands_hold_a_lock():
         assert not command.search(free), free
 
 
-@needs_snakemake
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_reproduce_starts_after_a_hard_kill(tmp_path):
     clone = checkout_copy(tmp_path / "clone")
@@ -178,7 +174,6 @@ def test_make_reproduce_starts_after_a_hard_kill(tmp_path):
 
 
 # -- progress ---------------------------------------------------------------------------------
-@needs_snakemake
 def test_the_prepare_job_shows_its_stages_on_the_terminal_and_keeps_them_in_its_log(tmp_path):
     r = snakemake(
         "--cores", "2", "--nolock", f"{tmp_path}/smoke/world/manifest.json", "--config", "scale=smoke", f"results={tmp_path}"
@@ -195,7 +190,6 @@ def test_the_prepare_job_shows_its_stages_on_the_terminal_and_keeps_them_in_its_
     assert "[mini.prepare]" not in r.stderr  # the detailed log stays in the log
 
 
-@needs_snakemake
 def test_long_rules_send_status_lines_to_snakemakes_stderr(tmp_path):
     out = snakemake("-n", "-p", "--config", "scale=smoke", "seeds=[0]", "runs=[opd]", f"results={tmp_path}").stdout
     for verb in ("prepare", "train", "eval"):
@@ -205,7 +199,7 @@ def test_long_rules_send_status_lines_to_snakemakes_stderr(tmp_path):
 
 def test_training_reports_start_resume_evaluation_and_a_finished_run(smoke_world, tmp_path, monkeypatch, capsys):
     from workbench import status
-    from workbench.runner import train_run
+    from workbench.mini.runs import train_run
     from workbench.tracking import StopRun
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -259,7 +253,7 @@ def test_training_reports_start_resume_evaluation_and_a_finished_run(smoke_world
 def test_a_world_that_is_up_to_date_says_so(smoke_world, capsys):
     from workbench.mini.prepare import prepare
 
-    prepare(smoke_world, seed=0, scale="smoke", verbose=True)
+    prepare(smoke_world, seed=0, preset="smoke", verbose=True)
     assert re.search(
         rf"prepare: the smoke world in {re.escape(str(smoke_world))} is up to date \(hash \w+\), "
         "nothing to do",
@@ -268,7 +262,7 @@ def test_a_world_that_is_up_to_date_says_so(smoke_world, capsys):
 
 
 def test_status_lines_reach_the_descriptor_the_rule_passes(tmp_path):
-    # The Snakefile's plumbing: descriptor 3 is Snakemake's stderr, the rest goes to the log.
+    # The workflow rules' plumbing: descriptor 3 is Snakemake's stderr, the rest goes to the log.
     log = tmp_path / "job.log"
     code = "from workbench.status import status; status('stage one'); status('tick', stderr=False); print('detail')"
     r = subprocess.run(
@@ -291,7 +285,6 @@ def test_status_lines_reach_the_descriptor_the_rule_passes(tmp_path):
 @pytest.fixture(scope="module")
 def smoke_store(tmp_path_factory):
     """A synthetic one-seed grid in an experiment named like the smoke workflow's."""
-    pytest.importorskip("mlflow")
     from workbench.analysis.synthetic import make_synthetic_grid, write_runs
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
@@ -332,7 +325,6 @@ def test_notebook_writes_under_results_by_default():
 
 
 def test_the_readmes_notebook_command_runs_after_setup(smoke_store, tmp_path):
-    pytest.importorskip("ipykernel")
     readme = (REPO / "README.md").read_text()
     command = next(ln for ln in readme.splitlines() if "figures.ipynb" in ln and ln.lstrip().startswith("SGOPD_"))
     assert ".venv/bin/jupyter " in command

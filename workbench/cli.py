@@ -133,7 +133,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from workbench.mini.prepare import prepare
 
     _threads(args.threads)
-    man = prepare(args.out, seed=args.seed, scale=args.scale, force=args.force, verbose=True)
+    man = prepare(args.out, seed=args.seed, preset=args.preset, force=args.force, verbose=True)
     for role, info in man["models"].items():
         acc = info["accuracy"]
         print(
@@ -147,7 +147,8 @@ def _prepare(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     # A scheduler's SIGTERM ends the run like Ctrl-C (see main): MLflow marks it KILLED, and
     # the next `workbench train` on the same directory resumes from the last checkpoint.
-    from workbench.runner import check_world, read_grid, resolve_config, train_run
+    from workbench.grid import read_grid, resolve_config
+    from workbench.mini.runs import check_world, train_run
 
     sets = args.set + ([f"seed={args.seed}"] if args.seed is not None else [])
     resolve_config(args.config, scale=args.scale, overrides=sets)  # the config first: the likeliest mistake
@@ -177,7 +178,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.at_frac is not None and not Path(args.model).is_dir():
         raise UserError(f"--at-frac needs a run directory as MODEL, got {args.model}")
     from workbench.config import parse_config
-    from workbench.runner import check_world, eval_model, read_grid, resolve_config
+    from workbench.grid import read_grid, resolve_config
+    from workbench.mini.runs import check_world, eval_model
 
     extra = [] if args.seed is None else [f"seed={args.seed}"]
     resolve_config(args.config or parse_config({}), scale=args.scale, overrides=args.set + extra)
@@ -202,7 +204,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _grid_start(args: argparse.Namespace) -> int:
     _output(args.out, "--out", directory=False)
-    from workbench.runner import start_grid
+    from workbench.grid import start_grid
 
     grid = start_grid(args.out, experiment=args.experiment or f"sgopd-{args.scale}", scale=args.scale)
     print(f"grid {grid['scale']}: experiment {grid['experiment']}, parent run {grid['parent_run_id']}")
@@ -210,7 +212,7 @@ def _grid_start(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace) -> int:
-    from workbench.runner import read_grid
+    from workbench.grid import read_grid
 
     grid = read_grid(args.grid)
     _output(args.out_dir, "--out-dir", directory=True)
@@ -429,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Reuses the cache when the config hash matches.",
     )
     prep.add_argument("--out", default="results/mini/world", help="world directory (default: %(default)s)")
-    prep.add_argument("--scale", default="mini", choices=("mini", "smoke"))
+    prep.add_argument("--preset", default="mini", help="world preset of workbench/mini/world.py (default: %(default)s)")
     prep.add_argument("--seed", type=_seed, default=0)
     prep.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
     prep.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")

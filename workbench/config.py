@@ -8,8 +8,6 @@ Everything is validated on load, before any compute; every error names its field
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, Validatio
 
 from workbench.errors import UserError
 from workbench.methods import METHODS
+from workbench.provenance import short_hash
 from workbench.registry import Registry
 
 BACKENDS: Registry[str] = Registry("backend")
@@ -59,6 +58,9 @@ class GateConfig(_Section):
     cell_lambda_neg_neg: PosFloat | None = None
     cell_beta_pos_neg: Fraction | None = None
     cell_beta_neg_pos: Fraction | None = None
+    # What neutral tokens (s = 0) get with the gate on; "base" is A_{lambda_base}, the project's
+    # reading (docs/algorithm.md section 11; values: workbench.algo.gate.NEUTRAL_MODES).
+    neutral_mode: Literal["base", "consensus", "opd", "mask"] = "base"
 
     @field_validator("disagree_mode")
     @classmethod
@@ -76,9 +78,34 @@ class GateConfig(_Section):
             raise ValueError(f"{', '.join(cells)} only apply with gate_levels: 4 (got {self.gate_levels})")
         return self
 
+    @model_validator(mode="after")
+    def _neutral_needs_the_gate(self) -> GateConfig:
+        if self.neutral_mode != "base" and (not self.sign_gate or self.gate_all_tokens_as is not None):
+            raise ValueError(
+                f"neutral_mode {self.neutral_mode!r} only applies with the gate on (sign_gate: true, no "
+                f"gate_all_tokens_as; got sign_gate: {str(self.sign_gate).lower()}, gate_all_tokens_as: {self.gate_all_tokens_as})"
+            )
+        return self
+
     def route_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``workbench.algo.route_advantage``."""
         return self.model_dump()
+
+    def needs_reference(self) -> bool:
+        """Whether the routed advantage depends on ``lp_ref`` (any extrapolation factor != 1).
+
+        ``A_lam = lam (lp_T - lp_ref) - (lp_old - lp_ref)`` is free of ``lp_ref`` only at
+        ``lam = 1``. OPD (gate off, ``lambda_base = 1``) and the interp/mask/grpo fallbacks on
+        every token never use ``lp_ref`` with another factor; everything else does.
+        """
+        if self.gate_all_tokens_as == "conflict":
+            return self.disagree_mode == "preserve" and self.lambda_base != 1.0
+        lams = [self.lambda_base]
+        if self.sign_gate:
+            lams.append(self.lambda_high)
+            if self.gate_levels == 4:
+                lams += [lam for lam in (self.cell_lambda_pos_pos, self.cell_lambda_neg_neg) if lam is not None]
+        return any(lam != 1.0 for lam in lams)
 
 
 class StabilityConfig(_Section):
@@ -134,12 +161,22 @@ class GKDConfig(_Section):
 
 
 class OptimConfig(_Section):
+    """Optimiser and the PPO-clip token loss (docs/algorithm.md section 5)."""
+
     lr: PosFloat = 1e-3
     warmup_steps: NonNegInt = 0
     weight_decay: NonNegFloat = 0.0
     grad_clip: PosFloat | None = 1.0
     eps_low: Annotated[float, Strict(), Field(gt=0.0, lt=1.0)] = 0.2
     eps_high: PosFloat = 0.2
+    # The G-OPD fork of verl's loss is clip_ratio_c: 3.0 and seq-mean-token-mean; the defaults
+    # are the plain clip and the token mean (docs/algorithm.md section 11).
+    clip_ratio_c: Annotated[float, Strict(), Field(gt=1.0)] | None = None  # dual clip on A < 0; None: off
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+
+    def pg_loss_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``workbench.algo.ppo_clip_loss``."""
+        return self.model_dump(include={"eps_low", "eps_high", "clip_ratio_c", "loss_agg_mode"})
 
 
 class RolloutConfig(_Section):
@@ -180,6 +217,13 @@ class EvalConfig(_Section):
         if self.k > self.n_samples:
             raise ValueError(f"k ({self.k}) must be <= n_samples ({self.n_samples})")
         return self
+
+
+#: The PPO-clip options (``OptimConfig``) that only the policy-gradient family may change.
+_PG_LOSS_OPTIONS = ("clip_ratio_c", "loss_agg_mode")
+#: Fields added after runs were recorded: hashed only when set, so that a run recorded before
+#: they existed keeps its ``config_hash`` (and still resumes).
+_HASHED_ONLY_IF_SET = ("gate.neutral_mode", "optim.clip_ratio_c", "optim.loss_agg_mode")
 
 
 class RunConfig(_Section):
@@ -223,6 +267,9 @@ class RunConfig(_Section):
             got = self.get(dotted)
             if got != want:
                 raise ValueError(f"{dotted}: method {self.method!r} requires {want!r}, got {got!r}")
+        pg_only = [f"optim.{k}" for k in _PG_LOSS_OPTIONS if getattr(self.optim, k) != OptimConfig.model_fields[k].default]
+        if pg_only and self.family != "pg":
+            raise ValueError(f"{', '.join(pg_only)}: only the PPO-clip token loss reads it; method {self.method!r} has none")
         if self.method == "exopd" and self.gate.lambda_base <= 1.0:
             raise ValueError(f"gate.lambda_base: method 'exopd' needs lambda_base > 1, got {self.gate.lambda_base}")
         if self.optim.warmup_steps >= self.train.total_steps:
@@ -242,6 +289,13 @@ class RunConfig(_Section):
     def family(self) -> str:
         return METHODS.get(self.method).family
 
+    def needs_reference(self) -> bool:
+        """Whether training needs the frozen reference (initial) policy's log-probs: a
+        policy-gradient method on the routed advantage whose routing uses ``lp_ref``
+        (``GateConfig.needs_reference``). The one rule both backends apply."""
+        method = METHODS.get(self.method)
+        return method.family == "pg" and method.advantage == "routed" and self.gate.needs_reference()
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -253,7 +307,11 @@ class RunConfig(_Section):
         d = self.to_dict()
         d.pop("name", None)
         d.pop("group", None)
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        for dotted in _HASHED_ONLY_IF_SET:
+            section, key = dotted.split(".")
+            if d[section][key] == type(getattr(self, section)).model_fields[key].default:
+                del d[section][key]
+        return short_hash(d)
 
     def diff_from_defaults(self) -> dict[str, Any]:
         """The minimal mapping that resolves to this config (what a YAML file would list)."""

@@ -8,32 +8,44 @@ Layout::
     experiments/runs/<run>.yaml      one run config per grid run (deviations from defaults)
     experiments/scales/<scale>.yaml  per scale: world preset, default seeds, backend, and
                                      overrides applied to every run config
-    experiments/workflow.yaml        the workflow's default config (scale, seeds, runs, ...)
+    experiments/grid.yaml            the evaluations without training (``EXTRA_EVALS``), the
+                                     runs the paper's claims compare (``CLAIM_RUNS``) and the
+                                     runs each figure draws (``FIGURE_RUNS``)
+    config/config.yaml               the workflow's default config (scale, seeds, runs, ...)
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import re
+import shutil
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from workbench.errors import UserError
+from workbench.io import atomic_write_json
 from workbench.registry import UnknownNameError
+
+if TYPE_CHECKING:
+    from workbench.config import RunConfig
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
-# Evaluated, not trained (docs/algorithm.md section 8): the world's two models and a checkpoint.
-# File-safe name -> the label the evaluation carries (MLflow tag ``run``).
-EXTRA_EVALS = {"student-init": "student-init", "teacher": "teacher", "sgopd-at90": "sgopd@90%"}
-EXTRA_EVALS_FILES = tuple(EXTRA_EVALS)
+# The prepared models an extra evaluation may name: the mini world's (mini.runs.resolve_model)
+# and the verl scale's (student, teacher).
+MODELS = ("student-init", "teacher")
 
 
 @dataclass(frozen=True)
 class Scale:
     name: str
     backend: str
-    world: str | None  # the `workbench prepare --scale` preset (mini backend only)
+    world: str | None  # the world preset, `workbench prepare --preset` (mini backend only)
     seeds: tuple[int, ...]
     overrides: Mapping[str, Any]
     threads: int = 1
@@ -99,14 +111,6 @@ def scale_overrides(scale: Scale) -> dict[str, Any]:
     return out
 
 
-def run_config(run: str, scale: str, seed: int, experiments: Path = EXPERIMENTS):
-    """The validated config of one grid run at one scale and seed."""
-    from workbench.config import load_config
-
-    s = load_scale(scale, experiments)
-    return load_config(run_file(run, experiments), {**scale_overrides(s), "seed": seed, "backend": s.backend})
-
-
 def init_from(run: str, experiments: Path = EXPERIMENTS) -> str | None:
     """The grid run whose checkpoint this run starts from (time-separated stage 2), if any."""
     from workbench.config import read_yaml
@@ -121,18 +125,199 @@ def init_inputs(run: str, runs_root: str, seed: int | str) -> list[str]:
     return [f"{runs_root}/{parent}/seed{seed}/eval.json"] if parent else []
 
 
+# -- experiments/grid.yaml ------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExtraEval:
+    """An evaluation without training: a prepared ``model``, or ``run``'s checkpoint at ``at_frac``."""
+
+    name: str  # file-safe: results/<scale>/evals/<name>/, Snakemake's {extra}
+    label: str  # the run it logs as (MLflow tag ``run``)
+    model: str | None = None
+    run: str | None = None
+    at_frac: float | None = None
+
+
+@dataclass(frozen=True)
+class GridFacts:
+    extra_evals: dict[str, ExtraEval]
+    claims: dict[str, tuple[str, ...]]  # claim part -> the runs it compares
+    figures: dict[str, tuple[str, ...]]  # figure -> the runs it draws
+
+
+@cache
+def load_facts(experiments: Path = EXPERIMENTS) -> GridFacts:
+    """``experiments/grid.yaml``, checked at import, so that a wrong id stops the workflow, the
+    CLI and the analysis alike; an error names the file, the key and what is valid."""
+    path = experiments / "grid.yaml"
+    runs = run_ids(experiments)
+
+    def bad(key: str, msg: str) -> UserError:
+        return UserError(f"{path}: {key}: {msg}")
+
+    def mapping(key: str, v: Any) -> dict[str, Any]:
+        if not isinstance(v, dict) or not v:
+            raise bad(key, f"must be a non-empty mapping, not {v!r}")
+        return {str(k): x for k, x in v.items()}
+
+    def ids(key: str, v: Any, valid: list[str]) -> tuple[str, ...]:
+        if not isinstance(v, list) or not v or not all(isinstance(r, str) for r in v):
+            raise bad(key, f"must be a non-empty list of run ids, not {v!r}")
+        for r in v:
+            if r not in valid:
+                raise UnknownNameError(f"{path}: {key}: unknown run {r!r}; valid: {', '.join(valid)}")
+        return tuple(v)
+
+    def extra(name: str, x: Any) -> ExtraEval:
+        key = f"extra_evals.{name}"
+        x = mapping(key, x)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise bad(key, "the name is a path and a wildcard: letters, digits, '_', '.', '-' only")
+        if set(x) == {"label", "model"}:
+            if x["model"] not in MODELS:
+                raise bad(f"{key}.model", f"unknown model {x['model']!r}; valid: {', '.join(MODELS)}")
+            return ExtraEval(name, str(x["label"]), model=x["model"])
+        if set(x) != {"label", "run", "at_frac"}:
+            raise bad(key, f"keys {sorted(x)}; valid: label and model, or label, run and at_frac")
+        (run,) = ids(f"{key}.run", [x["run"]], runs)
+        # the checkpoint exists only if the run keeps it (mini and verl alike)
+        train = (yaml.safe_load(run_file(run, experiments).read_text(encoding="utf-8")) or {}).get("train") or {}
+        if x["at_frac"] not in (train.get("keep_checkpoints_at") or ()):
+            raise bad(f"{key}.at_frac", f"{run}'s config keeps no checkpoint at {x['at_frac']} (train.keep_checkpoints_at)")
+        return ExtraEval(name, str(x["label"]), run=run, at_frac=float(x["at_frac"]))
+
+    d = mapping("top level", yaml.safe_load(path.read_text(encoding="utf-8")))
+    if set(d) != {"extra_evals", "claims", "figures"}:
+        raise bad("top level", f"keys {sorted(d)}; valid: extra_evals, claims, figures")
+    extras = {name: extra(name, x) for name, x in mapping("extra_evals", d["extra_evals"]).items()}
+    labels = [x.label for x in extras.values()]
+    return GridFacts(
+        extra_evals=extras,
+        claims={k: ids(f"claims.{k}", v, runs) for k, v in mapping("claims", d["claims"]).items()},
+        figures={k: ids(f"figures.{k}", v, runs + labels) for k, v in mapping("figures", d["figures"]).items()},
+    )
+
+
+FACTS = load_facts()
+# Evaluated, not trained (docs/algorithm.md section 8): file-safe name -> the label the
+# evaluation carries (MLflow tag ``run``).
+EXTRA_EVALS = {name: x.label for name, x in FACTS.extra_evals.items()}
+EXTRA_EVALS_FILES = tuple(EXTRA_EVALS)
+CLAIM_RUNS = FACTS.claims  # claim part (workbench.analysis.stats) -> the runs it compares
+FIGURE_RUNS = FACTS.figures  # figure (workbench.analysis.figures) -> the runs it draws
+
+
 def extra_evals(runs: list[str]) -> list[str]:
-    """The extra evaluations a grid subset needs (sgopd@90% only when sgopd is trained)."""
-    return [e for e in EXTRA_EVALS if e != "sgopd-at90" or "sgopd" in runs]
+    """The extra evaluations a grid subset needs (a checkpoint's only when its run is trained)."""
+    return [e for e, x in FACTS.extra_evals.items() if x.run is None or x.run in runs]
 
 
 def extra_eval_inputs(extra: str, runs_root: str, seed: int | str) -> list[str]:
-    return [f"{runs_root}/sgopd/seed{seed}/eval.json"] if extra == "sgopd-at90" else []
+    """Files an extra evaluation needs: its run's outputs, for a checkpoint of that run."""
+    run = FACTS.extra_evals[extra].run
+    return [f"{runs_root}/{run}/seed{seed}/eval.json"] if run else []
 
 
 def extra_eval_args(extra: str, runs_root: str, seed: int | str) -> str:
     """The MODEL argument and options of ``workbench eval`` for an extra evaluation."""
-    label = EXTRA_EVALS[extra]
-    if extra == "sgopd-at90":
-        return f"{runs_root}/sgopd/seed{seed} --at-frac 0.9 --name '{label}'"
-    return f"{extra} --name {label}"
+    x = FACTS.extra_evals[extra]
+    if x.run:
+        return f"{runs_root}/{x.run}/seed{seed} --at-frac {x.at_frac} --name '{x.label}'"
+    return f"{x.model} --name {x.label}"
+
+
+# -- a grid's runs: a config at a scale, the grid file, evaluation-only runs ------------------
+# Backend-neutral: the mini backend's train/eval verbs and the verl backend both use them.
+Overrides = Iterable[str] | Mapping[str, Any]
+
+
+def resolve_config(config: str | Path | RunConfig, *, scale: str | None = None, overrides: Overrides = ()) -> RunConfig:
+    """A run config with the scale's overrides, then ``overrides`` (``--set``), applied."""
+    from workbench.config import RunConfig, load_config
+
+    layered: dict[str, Any] = {}
+    if scale is not None:
+        s = load_scale(scale)
+        layered.update({**scale_overrides(s), "backend": s.backend})
+    layered.update(listed_overrides(overrides))
+    return config.with_overrides(layered) if isinstance(config, RunConfig) else load_config(config, layered)
+
+
+def read_grid(path: str | Path | None) -> dict[str, Any]:
+    """The grid file written by ``start_grid`` (experiment and parent MLflow run), or {}."""
+    if not path:
+        return {}
+    try:
+        grid = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"no grid file at {path}; create it with `workbench grid-start --scale SCALE --out {path}`, or leave out --grid"
+        ) from None
+    except IsADirectoryError:
+        raise UserError(f"grid file {path} is a directory; pass the file `workbench grid-start --out` wrote") from None
+    except ValueError as e:
+        raise UserError(f"grid file {path} is unreadable ({e}); delete it and rerun `workbench grid-start`") from None
+    if not isinstance(grid, dict) or not {"experiment", "parent_run_id"} <= grid.keys():
+        raise UserError(f"grid file {path} lacks experiment/parent_run_id; delete it and rerun `workbench grid-start`")
+    return grid
+
+
+def start_grid(out: str | Path, *, experiment: str, scale: str) -> dict[str, Any]:
+    """Create the grid's parent MLflow run once; later calls return the recorded one."""
+    out = Path(out)
+    if out.exists():
+        return read_grid(out)
+    from workbench.tracking import Tracker
+
+    # The parent run's own directory keeps its tracking state beside the grid file.
+    with Tracker(
+        out.with_suffix(".parent"),
+        experiment=experiment,
+        run_name=f"grid-{scale}",
+        tags={"workbench.kind": "grid", "scale": scale},
+    ) as tracker:
+        grid = {"experiment": experiment, "parent_run_id": tracker.run_id, "scale": scale}
+    atomic_write_json(out, grid)
+    return grid
+
+
+def log_eval_run(
+    track_dir: str | Path,
+    grid: Mapping[str, Any],
+    *,
+    label: str,
+    seed: int,
+    backend: str,
+    metrics: Mapping[str, float],
+    result: Mapping[str, Any],
+    config: Mapping[str, Any],
+    tracking_uri: str | None = None,
+) -> str:
+    """Log an evaluation-only model (``student-init``, ``teacher``, ``sgopd@90%``) as a child run
+    of the grid, with the tags the analysis reads (``run=<label>``, ``seed``,
+    ``workbench.kind=eval``, ``group=extra``, ``backend``); returns its MLflow run id.
+    ``track_dir`` keeps the run's tracking state; an evaluation is redone whole, so a
+    previous attempt's state is dropped and a fresh MLflow run made (the latest one wins)."""
+    from workbench.tracking import Tracker
+
+    shutil.rmtree(track_dir, ignore_errors=True)
+    tags = {"run": label, "seed": str(seed), "workbench.kind": "eval", "group": "extra", "backend": backend}
+    with Tracker(
+        track_dir,
+        experiment=grid["experiment"],
+        run_name=f"{label}-seed{seed}",
+        tags=tags,
+        config=config,
+        parent_run_id=grid["parent_run_id"],
+        tracking_uri=tracking_uri,
+    ) as tracker:
+        tracker.log_metrics(metrics, step=0)
+        tracker.commit(0)
+        tracker.log_dict(dict(result), "eval.json")
+    return tracker.run_id
+
+
+def listed_overrides(overrides: Overrides) -> dict[str, Any]:
+    """``--set key=value`` strings or a mapping, as one dotted-key mapping."""
+    from workbench.config import split_override
+
+    return dict(overrides) if isinstance(overrides, Mapping) else dict(split_override(o) for o in overrides)

@@ -1,7 +1,7 @@
 """One-line status messages of long stages: ``train opd seed0: resuming from step 120/200``.
 
 A status line goes to stderr (a job's log file in the workflow) and, when the environment
-names a file descriptor in ``WORKBENCH_STATUS_FD``, to that descriptor too. The Snakefile's
+names a file descriptor in ``WORKBENCH_STATUS_FD``, to that descriptor too. The workflow's
 long rules point descriptor 3 at Snakemake's own stderr (``3>&2`` before the redirection to
 the log), so the terminal of ``make reproduce`` shows a line per stage while everything else
 stays in the logs.

@@ -1,17 +1,17 @@
 """Run tracking: MLflow plus a local ``metrics.jsonl``, resumable and crash-safe.
 
-Trainer-side use (both backends)::
+Trainer-side use (the mini backend's ``train_run`` and trainer, in outline)::
 
-    with Tracker(run_dir, experiment="sgopd-mini", run_name=cfg.name,
+    with Tracker(run_dir, experiment="sgopd-mini", run_name=f"{cfg.name}-seed{cfg.seed}",
                  tags=standard_tags(cfg), config=cfg.to_dict()) as tr:
-        start = latest_checkpoint_step(run_dir) or 0    # the trainer's business
-        tr.truncate_after(start)                         # drop what the crash left past it
-        for step in range(start + 1, cfg.train.steps + 1):
+        start = <step of the newest readable checkpoint, 0 if none>  # the trainer's business
+        tr.truncate_after(start)                     # drop what a crash left past it
+        for step in range(start + 1, cfg.train.total_steps + 1):
             tr.log_metrics({"train/loss": loss, ...}, step)
-            if step % save_every == 0:
-                with atomic_dir(run_dir / f"ckpt/step_{step:06d}") as d:
+            if step % cfg.train.checkpoint_every == 0:
+                with atomic_dir(run_dir / "checkpoints" / f"step-{step:06d}") as d:
                     save(d)
-                tr.commit(step)                          # checkpoint on disk: publish metrics
+                tr.commit(step)                      # checkpoint on disk: publish metrics
         tr.log_metrics({"eval/avg_at_k": ..., ...}, step)
         tr.log_dict(results, "eval/results.json")
 
@@ -72,7 +72,6 @@ mlflow is imported inside functions only, so importing this module stays cheap.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -81,7 +80,6 @@ import posixpath
 import random
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -90,6 +88,7 @@ from typing import Any, TextIO, TypeVar
 
 from workbench.errors import UserError
 from workbench.io import atomic_write_json, atomic_write_text
+from workbench.provenance import git_state, short_hash
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -268,7 +267,7 @@ class Tracker:
         self.tracking_uri = state["tracking_uri"] if state else tracking_uri or default_tracking_uri()
         self.resumed = state is not None
         if config is not None:
-            tags.setdefault("config_hash", _hash(config))
+            tags.setdefault("config_hash", short_hash(config))
         with _store_lock(self.tracking_uri):  # first use creates/migrates the db: one at a time
             self._client = self._call(MlflowClient, self.tracking_uri)
             try:
@@ -291,12 +290,11 @@ class Tracker:
         self._jsonl = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
 
     def _create(self, experiment, run_name, tags, parent_run_id) -> None:
-        commit = _git(["rev-parse", "HEAD"])
+        commit, dirty = git_state()
         if commit:
             tags["git_commit"] = tags["mlflow.source.git.commit"] = commit
-            dirty = _git(["status", "--porcelain", "--untracked-files=no"])
             if dirty is not None:
-                tags["git_dirty"] = str(bool(dirty)).lower()
+                tags["git_dirty"] = str(dirty).lower()
         tags.setdefault("run", run_name)
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -688,26 +686,6 @@ def _read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
 def _repo_root() -> Path:
     here = Path(__file__).resolve().parent.parent
     return here if (here / "pyproject.toml").exists() else Path.cwd()
-
-
-def _git(args: list[str]) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            check=False,
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},  # read-only: never refresh the index
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
-def _hash(config: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -4,7 +4,7 @@ Both backends (mini and verl) call these; no formula is written anywhere else.
 """
 
 from workbench.algo.advantages import gopd_advantage, grpo_advantage, opd_advantage
-from workbench.algo.evaluation import avg_at_k, benchmark_scores, pass_at_k
+from workbench.algo.evaluation import avg_at_k, benchmark_scores, eval_metrics, pass_at_k
 from workbench.algo.gate import CONFLICT, CONSENSUS, FALLBACKS, NEUTRAL, gate_fractions, route_advantage, sign_classes
 from workbench.algo.losses import (
     generalized_jsd_loss,
@@ -26,6 +26,7 @@ __all__ = [
     "STABILITY_WEIGHTS",
     "avg_at_k",
     "benchmark_scores",
+    "eval_metrics",
     "gate_fractions",
     "generalized_jsd_loss",
     "gopd_advantage",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,3 +48,12 @@ def mean(values: Iterable[float]) -> float:
     if not vals:
         raise ValueError("mean of nothing")
     return sum(vals) / len(vals)
+
+
+def eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """docs/algorithm.md section 10's ``eval/...`` names, in percent, of an evaluation result
+    (``{"benchmarks": {name: {"avg_at_k", "pass_at_k", ...}}, "avg_at_k", "pass_at_k"}``,
+    fractions): the one mapping both backends log."""
+    m = {f"eval/{b}/{key}": 100 * r[key] for b, r in result["benchmarks"].items() for key in ("avg_at_k", "pass_at_k")}
+    m.update({"eval/avg_at_k": 100 * result["avg_at_k"], "eval/pass_at_k": 100 * result["pass_at_k"]})
+    return m

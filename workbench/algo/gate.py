@@ -2,8 +2,9 @@
 
 ``s[t] = sign(A_RL[i]) * sign(A_OPD[t])`` classifies every response token as
 consensus (+1), conflict (-1) or neutral (0, either signal exactly 0). Consensus tokens
-get the strong extrapolation ``A_{lambda_high}``, neutral tokens ``A_{lambda_base}``,
-and conflict tokens a fallback chosen by name from ``FALLBACKS``.
+get the strong extrapolation ``A_{lambda_high}``, neutral tokens ``A_{lambda_base}`` (or
+another reading, ``NEUTRAL_MODES``), and conflict tokens a fallback chosen by name from
+``FALLBACKS``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def _mask(*, a_opd: Tensor, a_base: Tensor, a_rl: Tensor, beta: float) -> Tensor
 
 GATE_ALL_TOKENS_AS = (None, "conflict")
 GATE_LEVELS = (2, 4)
+#: What a neutral token (s = 0) gets with the gate on (docs/algorithm.md section 11): ``base``
+#: A_{lambda_base} (the default), ``consensus`` A_{lambda_high}, ``opd`` A_OPD, ``mask`` 0.
+NEUTRAL_MODES = ("base", "consensus", "opd", "mask")
 
 
 def _scalar(x: float, like: Tensor) -> Tensor:
@@ -102,6 +106,7 @@ def route_advantage(
     cell_lambda_neg_neg: float | None = None,
     cell_beta_pos_neg: float | None = None,
     cell_beta_neg_pos: float | None = None,
+    neutral_mode: str = "base",
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """Routed SG-OPD advantage ``A_hat`` (docs/algorithm.md section 3; paper section 4.2, eqs. 4-8).
 
@@ -110,7 +115,7 @@ def route_advantage(
 
         A_hat = A_{lambda_high}          if s = +1  (consensus)
               = fallback(disagree_mode)  if s = -1  (conflict)
-              = A_{lambda_base}          if s =  0  (neutral)
+              = A_{lambda_base}          if s =  0  (neutral; see neutral_mode)
 
     Variants: ``sign_gate=False`` gives every token ``A_{lambda_base}`` (uniform G-OPD;
     with ``lambda_base=1`` it is OPD). ``gate_all_tokens_as="conflict"`` gives every
@@ -118,6 +123,9 @@ def route_advantage(
     ``(sign A_RL, sign A_OPD)`` = (+,+), (-,-) use ``A_{cell_lambda_*}`` and (+,-), (-,+)
     use ``cell_beta_* * A_OPD``; unset cell factors default to ``lambda_high`` and
     ``disagree_interp_beta`` (which makes the probe equal the binary interp gate).
+    ``neutral_mode`` (with the gate on, either level count) replaces what neutral tokens
+    get: ``consensus`` ``A_{lambda_high}``, ``opd`` ``A_OPD``, ``mask`` 0; ``base``, the
+    default, keeps ``A_{lambda_base}``. Gate off or ``gate_all_tokens_as`` set, it is unused.
 
     Args:
         a_rl: ``[B]`` or ``[B, T]`` outcome advantage (broadcast over tokens).
@@ -136,6 +144,8 @@ def route_advantage(
         raise ValueError(f"gate_all_tokens_as must be one of {GATE_ALL_TOKENS_AS}, got {gate_all_tokens_as!r}")
     if gate_levels not in GATE_LEVELS:
         raise ValueError(f"gate_levels must be one of {GATE_LEVELS}, got {gate_levels!r}")
+    if neutral_mode not in NEUTRAL_MODES:
+        raise ValueError(f"neutral_mode must be one of {NEUTRAL_MODES}, got {neutral_mode!r}")
     m = valid(mask)
     lp_old, lp_teacher, lp_ref = lp_old.detach(), lp_teacher.detach(), lp_ref.detach()
     a_rl = a_rl.detach().to(lp_old.dtype)
@@ -173,6 +183,16 @@ def route_advantage(
         )
         beta = torch.where(rl_pos, _scalar(beta_pn, a_opd), _scalar(beta_np, a_opd))
         adv = torch.where(cls == CONFLICT, beta * a_opd, gopd_advantage(lp_old, lp_teacher, lp_ref, lam))
+    if sign_gate and gate_all_tokens_as is None and neutral_mode != "base":
+        # Neutral tokens hold A_base here; another reading replaces them (padding is class 0
+        # too and is zeroed below). The default skips this pass.
+        if neutral_mode == "consensus":
+            neutral_adv = gopd_advantage(lp_old, lp_teacher, lp_ref, lambda_high)
+        elif neutral_mode == "opd":
+            neutral_adv = a_opd
+        else:
+            neutral_adv = torch.zeros_like(adv)
+        adv = torch.where(cls == NEUTRAL, neutral_adv, adv)
 
     adv = safe(adv, m)
     n_valid = max(int(torch.count_nonzero(m)), 1)

@@ -8,12 +8,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.algo.masked import safe, token_mean, valid
+from workbench.algo.masked import safe, seq_mean_token_mean, token_mean, valid
 
 
 def _upcast(x: Tensor) -> Tensor:
     """bf16 / fp16 logits to float32 for the softmax; float32 and float64 stay as they are."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+#: Token-loss aggregations (``ppo_clip_loss``'s ``loss_agg_mode``; verl's names).
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean")
 
 
 def ppo_clip_loss(
@@ -25,17 +29,37 @@ def ppo_clip_loss(
     *,
     eps_low: float = 0.2,
     eps_high: float = 0.2,
+    clip_ratio_c: float | None = None,
+    loss_agg_mode: str = "token-mean",
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO-clip token loss with token-mean aggregation (docs/algorithm.md section 5; paper eq. 10).
+    """PPO-clip token loss (docs/algorithm.md section 5; paper eq. 10).
 
-    ``ratio = exp(lp_new - lp_old)``,
-    ``L = -token_mean(w * min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A))``
-    over the valid tokens of the whole batch. Shapes ``[B, T]``; gradients flow only
+    ``ratio = exp(lp_new - lp_old)``, per token
+    ``o = min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)`` and
+    ``L = -agg(w * o)`` over the valid tokens. Shapes ``[B, T]``; gradients flow only
     through ``lp_new``; padding contributes nothing to value or gradient.
 
-    Metrics: ``clipfrac`` (fraction of valid tokens where the clipped term is the active
-    minimum), ``ratio_mean``, ``approx_kl`` (token mean of ``lp_old - lp_new``).
+    The defaults are the project's reading; two switches give the G-OPD fork of verl's loss
+    (docs/algorithm.md section 11):
+
+    - ``clip_ratio_c`` (None: off): dual-clip PPO (Ye et al. 2020, verl's ``clip_ratio_c``).
+      On tokens with ``A < 0`` the objective is ``max(o, clip_ratio_c * A)``, so the loss
+      ``-A * ratio`` is capped at ``-A * clip_ratio_c`` (and the gradient there is 0);
+      ``A >= 0`` is unaffected. Must be > 1.
+    - ``loss_agg_mode``: ``token-mean`` averages over the valid tokens of the whole batch;
+      ``seq-mean-token-mean`` averages each sequence's token mean over the sequences
+      (``masked.seq_mean_token_mean``), so a long response weighs as much as a short one.
+
+    Metrics, token means over the valid tokens whatever the aggregation (as verl's):
+    ``clipfrac`` (tokens where the clipped term is the active minimum, the dual clip aside:
+    verl's ``pg_clipfrac``), ``clipfrac_lower`` (tokens with ``A < 0`` where the dual clip
+    binds, verl's ``pg_clipfrac_lower``; 0 without it), ``ratio_mean``, ``approx_kl``
+    (``lp_old - lp_new``).
     """
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
+    if clip_ratio_c is not None and not clip_ratio_c > 1.0:
+        raise ValueError(f"clip_ratio_c must be > 1 (or None: no dual clip), got {clip_ratio_c!r}")
     m = valid(mask)
     lp_new = safe(lp_new, m)
     lp_old, adv, weight = (safe(x.detach(), m) for x in (lp_old, adv, weight))
@@ -43,10 +67,20 @@ def ppo_clip_loss(
     ratio = torch.exp(log_ratio)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
-    loss = -token_mean(weight * torch.minimum(unclipped, clipped), m)
+    objective = torch.minimum(unclipped, clipped)
+    clipfrac_lower = 0.0
+    if clip_ratio_c is not None:
+        floor = clip_ratio_c * adv
+        negative = adv < 0
+        with torch.no_grad():
+            clipfrac_lower = float(token_mean((negative & (objective < floor)).to(adv.dtype), m))
+        objective = torch.where(negative, torch.maximum(objective, floor), objective)
+    agg = token_mean if loss_agg_mode == "token-mean" else seq_mean_token_mean
+    loss = -agg(weight * objective, m)
     with torch.no_grad():
         metrics = {
             "clipfrac": float(token_mean((clipped < unclipped).to(adv.dtype), m)),
+            "clipfrac_lower": clipfrac_lower,
             "ratio_mean": float(token_mean(ratio, m)),
             "approx_kl": float(token_mean(-log_ratio, m)),
         }

@@ -3,7 +3,8 @@
 Each ``fig_*`` function takes a ``Runs`` (``workbench.analysis.load``) and returns a
 ``matplotlib.figure.Figure``; curves are the mean over seeds with a shaded 95% bootstrap
 band (``workbench.analysis.stats.band``; no band where fewer than 2 seeds have the step).
-Missing data are said on the figure, never filled in.
+Missing data are said on the figure, never filled in. The runs each figure draws by default
+are data (``figures`` in ``experiments/grid.yaml``, ``workbench.grid.FIGURE_RUNS``); today:
 
 - ``fig4_avg_bars``: AVG avg@k bars with CI error bars and per-seed dots (student-init,
   OPD, ExOPD 1.25, SG-OPD).
@@ -29,8 +30,9 @@ from matplotlib.figure import Figure
 
 from workbench.analysis.paper import Paper, load_paper
 from workbench.analysis.stats import band, mean_ci
+from workbench.grid import FIGURE_RUNS
 
-MAIN_RUNS = ("opd", "exopd-1.25", "sgopd")
+(PTS_RUN,) = FIGURE_RUNS["fig_pts_schedule"]  # the one run whose schedule is drawn
 COLORS = {
     "student-init": "#8c8c8c",
     "teacher": "#4d4d4d",
@@ -54,7 +56,7 @@ def color(run: str, i: int = 0) -> str:
 
 
 def fig4_avg_bars(
-    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = ("student-init", *MAIN_RUNS), metric: str = "eval/avg_at_k"
+    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = FIGURE_RUNS["fig4_avg_bars"], metric: str = "eval/avg_at_k"
 ) -> Figure:
     """Bars: mean AVG avg@k over seeds, 95% bootstrap CI as error bars, each seed as a dot."""
     paper = paper or load_paper()
@@ -86,7 +88,11 @@ def fig4_avg_bars(
 
 
 def fig5_training_dynamics(
-    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = MAIN_RUNS, panels: Sequence[tuple[str, str]] = TRAIN_PANELS
+    runs,
+    paper: Paper | None = None,
+    *,
+    run_ids: Sequence[str] = FIGURE_RUNS["fig5_training_dynamics"],
+    panels: Sequence[tuple[str, str]] = TRAIN_PANELS,
 ) -> Figure:
     """Training reward, response length and entropy vs step: mean over seeds with a 95% band."""
     paper = paper or load_paper()
@@ -100,7 +106,11 @@ def fig5_training_dynamics(
 
 
 def fig6_benchmarks_over_training(
-    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = MAIN_RUNS, kind: str = "avg_at_k"
+    runs,
+    paper: Paper | None = None,
+    *,
+    run_ids: Sequence[str] = FIGURE_RUNS["fig6_benchmarks_over_training"],
+    kind: str = "avg_at_k",
 ) -> Figure:
     """Per-benchmark avg@k at every logged evaluation step, one panel per benchmark."""
     paper = paper or load_paper()
@@ -131,7 +141,11 @@ def fig6_benchmarks_over_training(
 
 
 def fig7_conflict_fraction(
-    runs, paper: Paper | None = None, *, run_ids: Sequence[str] = ("sgopd", "opd"), metric: str = "train/conflict_frac"
+    runs,
+    paper: Paper | None = None,
+    *,
+    run_ids: Sequence[str] = FIGURE_RUNS["fig7_conflict_fraction"],
+    metric: str = "train/conflict_frac",
 ) -> Figure:
     """Sign-conflict fraction (over tokens where both signals are non-zero) vs step."""
     paper = paper or load_paper()
@@ -149,7 +163,7 @@ def fig7_conflict_fraction(
     return fig
 
 
-def fig_pts_schedule(runs, paper: Paper | None = None, *, run: str = "sgopd") -> Figure:
+def fig_pts_schedule(runs, paper: Paper | None = None, *, run: str = PTS_RUN) -> Figure:
     """PTS weight alpha and the teacher's acceptance rate (before filtering) vs step."""
     paper = paper or load_paper()
     fig = Figure(figsize=(6.4, 3.8), layout="constrained")

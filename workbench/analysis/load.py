@@ -89,9 +89,6 @@ class Runs:
     def seeds(self, run: str) -> list[int]:
         return sorted(int(s) for s in self.runs.loc[self.runs["run"] == run, "seed"])
 
-    def has_metric(self, metric: str) -> bool:
-        return f"metrics.{metric}" in self.runs.columns
-
     def values(self, run: str, metric: str) -> pd.Series:
         """Final values of ``metric`` for ``run``, indexed by seed (NaN-free, sorted)."""
         col = f"metrics.{metric}"
@@ -111,11 +108,6 @@ class Runs:
         wide = g.pivot(index="step", columns="seed", values="value")  # one point per (seed, step), see load_runs
         wide.columns = [int(c) for c in wide.columns]
         return wide.sort_index()
-
-    def metrics_of(self, run: str) -> list[str]:
-        """Metric names with a final value for at least one seed of ``run``."""
-        sel = self.runs[self.runs["run"] == run]
-        return [c[len("metrics.") :] for c in self.runs.columns if c.startswith("metrics.") and sel[c].notna().any()]
 
     # -- snapshots -----------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:

@@ -62,15 +62,6 @@ class Paper:
         have = set(available)
         return next((m for m in self.metric_names(key, kind) if m in have), None)
 
-    def benchmark_of(self, metric: str) -> str | None:
-        """Paper key of an ``eval/<alias>/<kind>`` metric name (``AVG`` for the aggregate)."""
-        parts = metric.split("/")
-        if len(parts) == 2 and parts[0] == "eval":
-            return AVG
-        if len(parts) == 3 and parts[0] == "eval":
-            return next((b.key for b in self.benchmarks if parts[1] in b.aliases), parts[1])
-        return None
-
     def group_rank(self, group: str) -> int:
         return self._group_rank.get(group, len(self._group_rank))
 

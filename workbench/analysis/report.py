@@ -16,7 +16,6 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from workbench.analysis import stats as S
 from workbench.analysis.figures import FIGURES, write_figures
 from workbench.analysis.paper import Paper, load_paper
 from workbench.analysis.tables import make_tables
+from workbench.provenance import git_state
 from workbench.tracking import display_uri
 
 REPORT_NAME = "REPRODUCTION.md"
@@ -134,8 +134,8 @@ def _provenance(runs, command: str | None) -> list[str]:
     frame = runs.runs
     commits = sorted({c for c in frame.get("git_commit", []) if isinstance(c, str) and c})
     backends = sorted({b for b in frame.get("backend", []) if isinstance(b, str) and b})
-    code = _git(["rev-parse", "HEAD"]) or "unknown"
-    dirty = _git(["status", "--porcelain", "--untracked-files=no"])
+    code, dirty = git_state()
+    code = code or "unknown"
     seeds = _seed_summary(runs)
     return [
         f"- Command: `{command or ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}`",
@@ -252,19 +252,3 @@ def _version(dist: str) -> str:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _git(args: list[str]) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", *args],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None

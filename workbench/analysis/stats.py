@@ -41,7 +41,8 @@ is not, and inconclusive otherwise. The margins are constants of this module:
   step, so the slope is the fitted change over the whole run) has a mean within +-0.05,
   i.e. within 5 points of token fraction from start to end.
 
-The claims (``CLAIMS``) are those of the paper's sections 5.2-5.4, on ``eval/avg_at_k`` (AVG):
+The claims are those of the paper's sections 5.2-5.4, on ``eval/avg_at_k`` (AVG); the runs each
+part compares are data (``claims`` in ``experiments/grid.yaml``, ``workbench.grid.CLAIM_RUNS``):
 1. SG-OPD beats OPD (1a) and ExOPD 1.25 (1b).
 2. Uniform lambda 1.8 is worse than 1.25 (2a); the gate at 1.8 is not worse than uniform
    1.25 (2b, non-inferiority); at the same 1.8 the gate beats uniform (2c).
@@ -62,6 +63,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from workbench.grid import CLAIM_RUNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -266,39 +269,38 @@ def evaluate_claims(runs, *, metric: str = AVG_METRIC, n_resamples: int = N_RESA
     greater = Region(0.0, math.inf)
     less = Region(-math.inf, 0.0)
 
-    def diff(pid, statement, a, b, region, note=""):
+    def diff(pid, statement, region, note=""):
+        a, b = CLAIM_RUNS[pid]
         return _diff_part(pid, statement, a, b, v(a), v(b), region, metric, note, kw)
 
     c1 = Claim(
         "1",
         "SG-OPD beats OPD and ExOPD (AVG avg@k)",
         (
-            diff("1a", "SG-OPD > OPD", "sgopd", "opd", greater),
-            diff("1b", "SG-OPD > ExOPD (lambda 1.25)", "sgopd", "exopd-1.25", greater),
+            diff("1a", "SG-OPD > OPD", greater),
+            diff("1b", "SG-OPD > ExOPD (lambda 1.25)", greater),
         ),
     )
     c2 = Claim(
         "2",
         "Uniform lambda 1.8 degrades, the gated 1.8 does not",
         (
-            diff("2a", "uniform 1.8 < uniform 1.25", "exopd-1.8", "exopd-1.25", less),
+            diff("2a", "uniform 1.8 < uniform 1.25", less),
             diff(
                 "2b",
                 f"gate 1.8 not worse than uniform 1.25 (margin {NONINFERIORITY_MARGIN_PP:g} pt)",
-                "gate-1.8-pass",
-                "exopd-1.25",
                 Region(-NONINFERIORITY_MARGIN_PP, math.inf),
                 note="non-inferiority",
             ),
-            diff("2c", "gate 1.8 > uniform 1.8", "gate-1.8-pass", "exopd-1.8", greater),
+            diff("2c", "gate 1.8 > uniform 1.8", greater),
         ),
     )
     c3 = Claim(
         "3",
         "Sign gate and PTS are complementary and nearly additive (2x2)",
         (
-            diff("3a", "gate on top of PTS helps: both > PTS only", "sgopd", "pts-30-35", greater),
-            diff("3b", "PTS on top of the gate helps: both > gate only", "sgopd", "gate-1.8-pass", greater),
+            diff("3a", "gate on top of PTS helps: both > PTS only", greater),
+            diff("3b", "PTS on top of the gate helps: both > gate only", greater),
             _interaction_part(runs, metric, kw),
         ),
     )
@@ -317,7 +319,7 @@ def _diff_part(pid, statement, a, b, va, vb, region, metric, note, kw) -> ClaimP
 
 
 def _interaction_part(runs, metric, kw) -> ClaimPart:
-    cells = {"N": "opd", "P": "pts-30-35", "G": "gate-1.8-pass", "B": "sgopd"}
+    cells = dict(zip("NPGB", CLAIM_RUNS["3c"], strict=True))
     series = {k: runs.values(r, metric) for k, r in cells.items()}
     seeds = tuple(sorted(set.intersection(*(set(s.index) for s in series.values()))))
     x = np.array([[series[k][s] for k in "NPGB"] for s in seeds], dtype=float).reshape(len(seeds), 4)
@@ -353,14 +355,15 @@ def _interaction_part(runs, metric, kw) -> ClaimPart:
 
 
 def _flat_part(runs, kw) -> ClaimPart:
-    slopes = slope_per_seed(runs.curves("sgopd", CONFLICT_METRIC))
+    (run,) = CLAIM_RUNS["4a"]
+    slopes = slope_per_seed(runs.curves(run, CONFLICT_METRIC))
     est = bootstrap(slopes.to_numpy(), **kw) if len(slopes) else bootstrap([], **kw)
     region = Region(-FLAT_MARGIN, FLAT_MARGIN, closed=True)
-    note = "" if len(slopes) else f"no {CONFLICT_METRIC} history for sgopd"
+    note = "" if len(slopes) else f"no {CONFLICT_METRIC} history for {run}"
     return ClaimPart(
         "4a",
         f"|fitted change of {CONFLICT_METRIC} over training| <= {FLAT_MARGIN:g}",
-        f"mean over seeds of the least-squares slope of {CONFLICT_METRIC} vs step/last step (sgopd)",
+        f"mean over seeds of the least-squares slope of {CONFLICT_METRIC} vs step/last step ({run})",
         est,
         region,
         verdict(est, region),

@@ -7,7 +7,9 @@ logs any list of ``SyntheticRun`` into an MLflow store with the workflow's layou
 children tagged ``run``/``group``/``seed``/``method``/``backend``/``config_hash``/
 ``git_commit`` and ``mlflow.parentRunId``, evaluation-only children tagged
 ``workbench.kind=eval``. Tests edit the returned objects to plant exact values and then
-compare what the tables, statistics and figures render against them.
+compare what the tables, statistics and figures render against them. The grid's facts
+(each run's method and PTS phases, the evaluations without training) come from
+``experiments/`` through ``workbench.grid``, as the workflow's do.
 """
 
 from __future__ import annotations
@@ -15,23 +17,15 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from functools import cache
 
+from workbench import grid as G
 from workbench.analysis.paper import Paper, load_paper
 
 MINI_BENCHMARKS = ("bench1", "bench2", "bench3", "bench4")
-# PTS phase ends (p1, p2) of the grid runs that use phased teacher sampling
-PTS_WINDOWS = {
-    "pts-30-35": (0.30, 0.35),
-    "pts-30-35-nofilter": (0.30, 0.35),
-    "pts-40-45": (0.40, 0.45),
-    "pts-50-70": (0.50, 0.70),
-    "pts-50-70-ratio2": (0.50, 0.70),
-    "pts-60-65": (0.60, 0.65),
-    "pts-60-80": (0.60, 0.80),
-    "sgopd": (0.30, 0.35),
-    "sgopd-1.5": (0.30, 0.35),
-}
-EVAL_ONLY = ("student-init", "teacher", "sgopd@90%")
+# The evaluations without training (experiments/grid.yaml), by the label they log as.
+EXTRAS = {x.label: x for x in G.FACTS.extra_evals.values()}
+EVAL_ONLY = tuple(EXTRAS)
 
 
 @dataclass
@@ -81,11 +75,13 @@ def make_synthetic_grid(
         row = rows.get(name, {})
         base = row.get("avg_at_k", opd)
         kind = "eval" if name in EVAL_ONLY else "train"
-        if name == "student-init":
+        model = EXTRAS[name].model if name in EXTRAS else None
+        if model == "student-init":
             base = {k: 0.6 * v for k, v in opd.items()}
-        elif name == "teacher":
+        elif model == "teacher":
             base = {k: min(95.0, 1.6 * v) for k, v in opd.items()}
-        for seed in seeds if kind == "train" or name == "sgopd@90%" else (0,):
+        # a prepared model is evaluated once; a run (or its checkpoint) once per seed
+        for seed in seeds if kind == "train" or (name in EXTRAS and EXTRAS[name].run) else (0,):
             sr = SyntheticRun(
                 run=name, seed=seed, group=row.get("group", "eval"), kind=kind, method=_method(name), params=_params(name, steps)
             )
@@ -150,7 +146,7 @@ def _log_eval(sr: SyntheticRun, step: int, per_bench: list[float]) -> None:
 
 
 def _log_train(sr: SyntheticRun, name: str, steps: int, rng: random.Random, noise: float, final_avg: float) -> None:
-    window = PTS_WINDOWS.get(name)
+    window = _pts_window(name)
     top = 0.3 + final_avg / 100
     for s in range(1, steps + 1):
         f = s / steps
@@ -175,21 +171,30 @@ def _log_train(sr: SyntheticRun, name: str, steps: int, rng: random.Random, nois
             sr.history.setdefault(k, []).append((s, v))
 
 
+@cache
+def _config(name: str):
+    """The run config of grid run ``name`` (None for a name outside the grid)."""
+    from workbench.config import load_config
+
+    return load_config(G.run_file(name)) if name in G.run_ids() else None
+
+
 def _method(name: str) -> str:
-    if name.startswith(("exopd",)):
-        return "exopd"
-    if name.startswith(("gate", "sgopd", "probe", "timesep-1")):
-        return "sgopd"
-    if name in ("sft", "seqkd", "gkd", "grpo"):
-        return name
-    if name == "timesep-stage1":
-        return "sft"
-    return "opd"
+    """The run's method (a checkpoint's: its run's); ``opd`` for a prepared model or a name
+    outside the grid."""
+    cfg = _config((EXTRAS[name].run or "") if name in EXTRAS else name)
+    return cfg.method if cfg else "opd"
+
+
+def _pts_window(name: str) -> tuple[float, float] | None:
+    """PTS phase ends (p1, p2) of a grid run that samples from the teacher in phases."""
+    cfg = _config(name)
+    return (cfg.pts.phase1_end_frac, cfg.pts.phase2_end_frac) if cfg and cfg.pts.enabled else None
 
 
 def _params(name: str, steps: int) -> dict[str, str]:
     p = {"name": name, "train.steps": str(steps), "eval.k": "8"}
-    if name in PTS_WINDOWS:
-        p1, p2 = PTS_WINDOWS[name]
+    if window := _pts_window(name):
+        p1, p2 = window
         p.update({"pts.enabled": "true", "pts.phase1_end_frac": str(p1), "pts.phase2_end_frac": str(p2)})
     return p

@@ -29,6 +29,7 @@ import numpy as np
 
 from workbench.analysis.paper import AVG, Paper, load_paper
 from workbench.analysis.stats import Estimate, bootstrap, mean_ci, paired_difference
+from workbench.grid import EXTRA_EVALS
 
 PAPER, OURS = "paper", "reproduced"
 CSV_FIELDS = ["table", "block", "label", "run", "column", "metric", "paper", "mean", "lo", "hi", "n", "degenerate", "cell"]
@@ -187,7 +188,8 @@ def table3(runs, paper: Paper | None = None, *, order: str = "paper", digits: in
     rows = list(spec["rows"])
     known = {r["run"] for r in rows}
     groups_of_data = dict(zip(runs.runs["run"], runs.runs["group"]))
-    for run in sorted(set(runs.run_ids) - known - {"student-init", "teacher"}):  # in the data, not in the paper
+    # in the data, not in the paper (the evaluations without training are not grid runs)
+    for run in sorted(set(runs.run_ids) - known - set(EXTRA_EVALS.values())):
         rows.append({"run": run, "group": groups_of_data.get(run) or "other", "label": run, "notes": "", "in_paper": False})
     avg_metric = _metric(runs, paper, AVG, "avg_at_k")
     avg = {r["run"]: (mean_ci(runs.values(r["run"], avg_metric)).mean if avg_metric else math.nan) for r in rows}

@@ -1,4 +1,5 @@
-"""Evaluation of a mini model: avg@k and unbiased pass@k per benchmark and AVG (docs/algorithm.md section 9)."""
+"""Evaluation of a mini model: avg@k and unbiased pass@k per benchmark and AVG for runs
+(docs/algorithm.md section 9), and plain accuracy for the world's report (``prepare``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 import workbench.algo as A
-from workbench.mini.prepare import generate
+from workbench.mini.sampling import generate, max_response_tokens
 from workbench.mini.task import Problem, verify
 from workbench.mini.tokenizer import CODEC
 
@@ -54,8 +55,42 @@ def evaluate(
     return out
 
 
-def eval_metrics(result: dict) -> dict[str, float]:
-    """Canonical metric names (docs/algorithm.md section 10) of an ``evaluate`` result, in percent."""
-    m = {f"eval/{b}/{key}": 100 * r[key] for b, r in result["benchmarks"].items() for key in ("avg_at_k", "pass_at_k")}
-    m.update({"eval/avg_at_k": 100 * result["avg_at_k"], "eval/pass_at_k": 100 * result["pass_at_k"]})
-    return m
+@torch.no_grad()
+def evaluate_accuracy(
+    model,
+    problems: Sequence[Problem],
+    *,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    k: int = 1,
+    batch_size: int = 512,
+    seed: int = 0,
+    max_new_tokens: int | None = None,
+) -> dict:
+    """Accuracy of ``model`` on ``problems``.
+
+    Returns ``{"acc": mean over problems and samples, "per_problem": [c_i / k ...],
+    "n": len(problems), "k": k}``; greedy decoding uses ``k = 1``. Sampling is
+    reproducible from ``seed``.
+    """
+    if greedy:
+        k = 1
+    max_new = max_new_tokens or max_response_tokens(problems)
+    g = torch.Generator().manual_seed(seed)
+    flat = [p for p in problems for _ in range(k)]
+    correct = []
+    for s in range(0, len(flat), batch_size):
+        chunk = flat[s : s + batch_size]
+        outs = generate(
+            model,
+            [CODEC.encode_prompt(p.prompt) for p in chunk],
+            max_new,
+            temperature=temperature,
+            top_p=top_p,
+            greedy=greedy,
+            generator=g,
+        )
+        correct += [verify(p, CODEC.decode(o)) for p, o in zip(chunk, outs)]
+    per_problem = [sum(correct[i * k : (i + 1) * k]) / k for i in range(len(problems))]
+    return {"acc": sum(per_problem) / max(1, len(per_problem)), "per_problem": per_problem, "n": len(problems), "k": k}

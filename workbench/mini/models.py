@@ -18,7 +18,7 @@ smoke-student  16      1      2x8     32     ~3K
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -33,9 +33,6 @@ class ModelSize:
     head_dim: int
     ffn: int
     kv_heads: int | None = None  # None: no grouped-query attention
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 SIZE_PRESETS: dict[str, ModelSize] = {

@@ -15,7 +15,7 @@ Both use the fixed table :data:`VOCAB`, so ids agree by construction (tested).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -64,9 +64,6 @@ class CharCodec:
                 break
             out.append(table[i])
         return "".join(out)
-
-    def decode_batch(self, batch: Sequence[Iterable[int]]) -> list[str]:
-        return [self.decode(ids) for ids in batch]
 
 
 CODEC = CharCodec()

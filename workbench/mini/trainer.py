@@ -1,11 +1,17 @@
 """The mini backend's trainer: one readable loop for every method of the grid.
 
-Each step: sample rollouts (G per prompt, KV cache), verify, GRPO outcome advantage,
-teacher and reference log-probs on the student's tokens, routed advantage, stability
-weight, PPO-clip loss, optional PTS anchor loss, optimiser step, log. The SFT family
-(sft, seqkd, time-separated stage 1) replaces sampling by a batch of cached teacher
-responses; GKD replaces the policy gradient by the full-vocabulary JSD. Every formula
-comes from ``workbench.algo``.
+``train`` runs one loop; what differs between methods is one step function per method
+family (``FAMILY_STEPS``), from the step's inputs to its token loss:
+
+- ``pg_step`` (opd, exopd, sgopd, grpo): sample G rollouts per prompt (KV cache), verify,
+  GRPO outcome advantage, teacher and reference log-probs on the student's tokens, routed
+  advantage, stability weight, PPO-clip token loss;
+- ``gkd_step``: the same rollouts, full-vocabulary generalized JSD to the teacher instead;
+- ``sft_step`` (sft, seqkd, time-separated stage 1): teacher-forced NLL on a batch of
+  cached teacher responses instead of sampling.
+
+The loop then adds the PTS anchor loss where the run has it, takes the optimiser step,
+logs, evaluates and checkpoints. Every formula comes from ``workbench.algo``.
 
 Run directory layout::
 
@@ -13,9 +19,12 @@ Run directory layout::
     run_dir/checkpoints/step-N/  model (HF format), optimizer.pt, state.json
     run_dir/final/               the final model (HF format)
     run_dir/metrics.jsonl        one line per step (canonical metric names)
-    run_dir/eval.json            evaluation of the final model (written by ``evaluate``)
+    run_dir/casestudy.json       a few rollouts of the last step (policy-gradient methods)
+    run_dir/eval.json            evaluation of the final model (written by ``workbench.mini.runs``)
 
-A run whose directory holds checkpoints resumes from the last readable one.
+A run whose directory holds checkpoints resumes from the last readable one. Resuming
+gives the numbers of an uninterrupted run because every random draw of a step comes from
+that step's seeds alone; the places this rests on are marked "load-bearing for resuming".
 """
 
 from __future__ import annotations
@@ -36,60 +45,17 @@ import transformers
 import workbench.algo as A
 from workbench.config import RunConfig
 from workbench.io import atomic_dir, atomic_write_text, move_aside
-from workbench.methods import METHODS
-from workbench.mini.evaluate import eval_metrics, evaluate
+from workbench.methods import METHODS, Method
+from workbench.mini.evaluate import evaluate
 from workbench.mini.models import load_model
-from workbench.mini.prepare import generate, max_response_tokens
-from workbench.mini.task import Problem, read_jsonl, verify
+from workbench.mini.sampling import generate
+from workbench.mini.task import Problem, verify
 from workbench.mini.tokenizer import CODEC, PAD_ID
+from workbench.mini.world import World
 from workbench.status import duration, run_label, status
 from workbench.tracking import check_finite
 
 transformers.utils.logging.disable_progress_bar()  # one bar per checkpoint save is noise in logs
-
-
-# -- world access ---------------------------------------------------------------------
-
-
-@dataclass
-class World:
-    """A prepared miniature world (see ``workbench.mini.prepare``)."""
-
-    root: Path
-    manifest: dict
-
-    @classmethod
-    def open(cls, root: str | Path) -> World:
-        root = Path(root)
-        path = root / "manifest.json"
-        if not path.exists():
-            raise FileNotFoundError(f"no prepared world at {root} (run `workbench prepare` first)")
-        return cls(root, json.loads(path.read_text()))
-
-    @property
-    def sources(self) -> list[str]:
-        return list(self.manifest["sources"])
-
-    @property
-    def benchmark_names(self) -> list[str]:
-        return list(self.manifest["benchmarks"])
-
-    def train_pool(self, sources: Sequence[str] | None) -> list[Problem]:
-        names = list(sources) if sources else self.sources
-        unknown = [s for s in names if s not in self.sources]
-        if unknown:
-            raise ValueError(f"train.sources: unknown source(s) {unknown}; valid: {self.sources}")
-        return [p for s in names for p in read_jsonl(self.root / "data" / f"train_{s}.jsonl")]
-
-    def benchmarks(self, names: Sequence[str] | None = None) -> dict[str, list[Problem]]:
-        names = list(names) if names else self.benchmark_names
-        unknown = [b for b in names if b not in self.benchmark_names and b != "validation"]
-        if unknown:
-            raise ValueError(f"eval.benchmarks: unknown benchmark(s) {unknown}; valid: {self.benchmark_names}")
-        return {b: read_jsonl(self.root / "data" / f"{b}.jsonl") for b in names}
-
-    def max_new_tokens(self) -> int:
-        return max_response_tokens([p for ps in self.benchmarks().values() for p in ps])
 
 
 # -- tensors from token lists -----------------------------------------------------------
@@ -151,7 +117,7 @@ def teacher_dataset(cfg: RunConfig, world: World, teacher, device) -> list[tuple
     keeps only verified responses.
     """
     pool = world.train_pool(cfg.train.sources)
-    random.Random(f"sft-pool:{cfg.seed}").shuffle(pool)
+    random.Random(f"sft-pool:{cfg.seed}").shuffle(pool)  # the budget's prompts: fixed by the seed
     if cfg.sft.teacher_budget == "pts":
         n = A.pts_teacher_prompts(
             cfg.train.steps,
@@ -198,10 +164,11 @@ def teacher_dataset(cfg: RunConfig, world: World, teacher, device) -> list[tuple
     return [(CODEC.encode_prompt(r["prompt"]), r["response"]) for r in rows]
 
 
-def write_case_study(path: Path, problems, G: int, responses, rewards, cls, adv, mask, n: int = 8) -> None:
+def write_case_study(path: Path, rollout: Rollout, G: int, cls: torch.Tensor, adv: torch.Tensor, n: int = 8) -> None:
     """A few rollouts of a step with their token classes and routed advantages (for the
     conflict-token case study, ``workbench.analysis.casestudy``): one per prompt first,
     so that several problems are shown."""
+    problems, responses, rewards, mask = rollout.problems, rollout.responses, rollout.rewards, rollout.mask
     rows = []
     order = sorted(range(len(responses)), key=lambda i: (i % G, i // G))[:n]
     for i in order:
@@ -278,6 +245,215 @@ def resolve_init(cfg: RunConfig, run_dir: Path, world: World) -> Path:
     raise FileNotFoundError(f"train.init_from: no checkpoint for {ref!r} (looked for {path} and {sibling})")
 
 
+# -- one step per method family --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every step reads: the run config, the models and the data (fixed for the run;
+    the student's weights change in place)."""
+
+    cfg: RunConfig
+    method: Method
+    device: str
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    ref: torch.nn.Module | None  # the frozen initial policy, where ``RunConfig.needs_reference``
+    pool: list[Problem]  # training prompts
+    sft_data: list[tuple[list[int], list[int]]] | None  # cached teacher responses (SFT family)
+    max_new: int  # response token budget
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One step's on-policy batch: G student responses per prompt, verified and scored.
+    Token tensors are ``[P * G, L - 1]``, aligned with ``mask``."""
+
+    problems: list[Problem]  # the step's P prompts
+    responses: list[list[int]]
+    rewards: torch.Tensor  # [P * G], 1.0 where verified correct
+    mask: torch.Tensor
+    n_tokens: int
+    logp: torch.Tensor  # the student's, with grad
+    logits: torch.Tensor  # the student's
+    lp_old: torch.Tensor  # logp detached: one PPO epoch on fresh samples
+    lp_teacher: torch.Tensor
+    t_logits: torch.Tensor
+    lp_ref: torch.Tensor
+    a_rl: torch.Tensor  # [P * G] GRPO outcome advantage
+    timing: dict[str, float]  # seconds: sample, teacher, ref
+
+
+@dataclass(frozen=True)
+class StepOut:
+    """What a family's step hands the loop."""
+
+    loss: torch.Tensor  # the token loss, with grad (the PTS anchor is the loop's)
+    n_tokens: int
+    metrics: dict[str, float]
+    timing: dict[str, float]  # seconds by phase: sample, teacher, ref
+    rollout: Rollout | None = None  # on-policy families
+    cls: torch.Tensor | None = None  # token classes (gate signs), on-policy families
+    adv: torch.Tensor | None = None  # the advantage that reached the loss (pg)
+
+
+def _prompts_for_step(pool: list[Problem], step: int, n: int, seed: int) -> list[Problem]:
+    """Deterministic from (seed, step): a resumed run sees exactly the same prompts
+    (load-bearing for resuming)."""
+    per_epoch = max(1, len(pool) // n)
+    epoch, slot = divmod(step, per_epoch)
+    order = list(range(len(pool)))
+    random.Random(f"prompts:{seed}:{epoch}").shuffle(order)
+    return [pool[i] for i in order[slot * n : slot * n + n]]
+
+
+def sample_and_score(s: Setup, step: int, gen: torch.Generator) -> Rollout:
+    """Steps 1-3 of an on-policy step: sample, verify, score (teacher, student, reference)."""
+    cfg = s.cfg
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    temp = cfg.rollout.temperature
+    # 1. Sample G rollouts per prompt from the current student. Load-bearing for resuming:
+    # the step's first draws from `gen` (the PTS teacher's come after, pts_anchor).
+    t0 = time.time()
+    problems = _prompts_for_step(s.pool, step, P, cfg.seed)
+    prompts = [CODEC.encode_prompt(p.prompt) for p in problems for _ in range(G)]
+    responses = generate(s.student, prompts, s.max_new, temperature=temp, top_p=cfg.rollout.top_p, generator=gen)
+    s.student.train()
+    # 2. Verify (the task's own exact check).
+    rewards = torch.tensor([float(verify(problems[i // G], CODEC.decode(r))) for i, r in enumerate(responses)])
+    group_ids = torch.arange(len(responses)) // G
+    ids, mask = pack(prompts, responses, s.device)
+    timing = {"sample": time.time() - t0}
+    # 3. Teacher (and reference) log-probs of the student's tokens.
+    t0 = time.time()
+    with torch.no_grad():
+        lp_teacher, t_logits = forward_logprobs(s.teacher, ids, temp)
+    timing["teacher"] = time.time() - t0
+    logp, logits = forward_logprobs(s.student, ids, temp)
+    # One PPO epoch on fresh samples: the rollout policy is the current policy.
+    lp_old = logp.detach()
+    t0 = time.time()
+    lp_ref = score(s.ref, ids, temp) if s.ref is not None else lp_old  # lambda 1: lp_ref cancels
+    timing["ref"] = time.time() - t0
+    a_rl = A.grpo_advantage(rewards.to(s.device), group_ids.to(s.device))
+    return Rollout(
+        problems=problems,
+        responses=responses,
+        rewards=rewards,
+        mask=mask,
+        n_tokens=int(mask.sum()),
+        logp=logp,
+        logits=logits,
+        lp_old=lp_old,
+        lp_teacher=lp_teacher,
+        t_logits=t_logits,
+        lp_ref=lp_ref,
+        a_rl=a_rl,
+        timing=timing,
+    )
+
+
+def _on_policy_metrics(r: Rollout) -> dict[str, float]:
+    return {
+        "train/kl_teacher": float(A.token_mean(r.lp_old - r.lp_teacher, r.mask)),
+        "train/reward_mean": float(r.rewards.mean()),
+        "train/entropy": float(A.token_mean(A.token_entropy(r.logits), r.mask)),
+        "train/response_length": r.n_tokens / len(r.responses),
+    }
+
+
+def pg_step(s: Setup, step: int, gen: torch.Generator) -> StepOut:
+    """opd, exopd, sgopd, grpo: routed advantage (grpo: the outcome advantage on every
+    token), stability weight, PPO-clip token loss (docs/algorithm.md sections 3-5)."""
+    cfg = s.cfg
+    r = sample_and_score(s, step, gen)
+    # 4. Routed advantage, stability weight, PPO-clip token loss.
+    adv, cls, gate_metrics = A.route_advantage(r.a_rl, r.lp_old, r.lp_teacher, r.lp_ref, r.mask, **cfg.gate.route_kwargs())
+    if s.method.advantage == "grpo":
+        adv = torch.where(r.mask, r.a_rl[:, None].expand_as(adv), torch.zeros_like(adv))
+        gate_metrics.update(adv_mean=float(A.token_mean(adv, r.mask)), adv_abs_max=float(adv.abs().max()))
+    weight = A.stability_weight(adv, r.lp_old, r.mask, mode=cfg.stability.mode, clip=cfg.stability.clip)
+    loss, pg_metrics = A.ppo_clip_loss(r.logp, r.lp_old, adv, weight, r.mask, **cfg.optim.pg_loss_kwargs())
+    metrics = {f"train/{k}": v for k, v in gate_metrics.items()}
+    metrics["train/clipfrac"] = pg_metrics["clipfrac"]
+    metrics.update(_on_policy_metrics(r))
+    return StepOut(loss, r.n_tokens, metrics, r.timing, rollout=r, cls=cls, adv=adv)
+
+
+def gkd_step(s: Setup, step: int, gen: torch.Generator) -> StepOut:
+    """gkd: full-vocabulary generalized JSD to the teacher on the student's samples; no
+    advantage reaches the loss (the gate's token classes are logged for comparison)."""
+    cfg = s.cfg
+    r = sample_and_score(s, step, gen)
+    loss, _ = A.generalized_jsd_loss(r.logits, r.t_logits, r.mask, beta=cfg.gkd.beta, temperature=cfg.rollout.temperature)
+    cls = A.sign_classes(r.a_rl[:, None].expand_as(r.lp_old), A.opd_advantage(r.lp_old, r.lp_teacher), r.mask)
+    metrics = {f"train/{k}": v for k, v in A.gate_fractions(cls, r.mask).items()}
+    metrics.update(_on_policy_metrics(r))
+    return StepOut(loss, r.n_tokens, metrics, r.timing, rollout=r, cls=cls)
+
+
+def sft_step(s: Setup, step: int, gen: torch.Generator) -> StepOut:
+    """sft, seqkd, time-separated stage 1: teacher-forced NLL on cached teacher responses,
+    P * G sequences a step (``gen`` is not drawn from)."""
+    cfg = s.cfg
+    P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+    rng = random.Random(f"sft:{cfg.seed}:{step}")  # load-bearing for resuming: the batch from (seed, step)
+    pairs = [s.sft_data[rng.randrange(len(s.sft_data))] for _ in range(P * G)]
+    t0 = time.time()
+    ids, mask = pack([p for p, _ in pairs], [r for _, r in pairs], s.device)  # "sampling" is batching here
+    timing = {"sample": time.time() - t0}
+    logp, logits = forward_logprobs(s.student, ids)
+    loss, _ = A.nll_loss(logp, mask)
+    n_tokens = int(mask.sum())
+    metrics = {
+        "train/entropy": float(A.token_mean(A.token_entropy(logits), mask)),
+        "train/response_length": n_tokens / len(pairs),
+    }
+    return StepOut(loss, n_tokens, metrics, timing)
+
+
+#: One step per method family (``workbench.methods.Method.family``): the step's inputs to
+#: its token loss. The loop in ``train`` does the rest, the same for all.
+FAMILY_STEPS: dict[str, Callable[[Setup, int, torch.Generator], StepOut]] = {
+    "pg": pg_step,
+    "gkd": gkd_step,
+    "sft": sft_step,
+}
+
+
+def pts_anchor(s: Setup, step: int, gen: torch.Generator, problems: list[Problem]) -> tuple[torch.Tensor | None, dict, float]:
+    """Phased teacher sampling (docs/algorithm.md section 6): ``(alpha * L_PTS or None where
+    PTS is inactive at this step, metrics, seconds the teacher took)``. The anchor is the
+    NLL of verified teacher answers to the step's first prompts."""
+    cfg, steps = s.cfg, s.cfg.train.total_steps
+    alpha = A.pts_alpha(step, steps, **cfg.pts.schedule_kwargs())
+    metrics = {"train/pts_alpha": alpha, "train/pts_kept": 0.0, "train/pts_loss": 0.0}
+    if not A.pts_active(step, steps, phase1_end_frac=cfg.pts.phase1_end_frac, phase2_end_frac=cfg.pts.phase2_end_frac):
+        return None, metrics, 0.0
+    t1 = time.time()
+    chosen = problems[: A.pts_prompts_per_step(cfg.rollout.prompts_per_step, cfg.pts.teacher_sampling_ratio)]
+    t_prompts = [CODEC.encode_prompt(p.prompt) for p in chosen]
+    # Load-bearing for resuming: the same `gen` as the student's rollouts, drawn after them.
+    t_resp = generate(
+        s.teacher, t_prompts, s.max_new, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=gen
+    )
+    s.student.train()
+    correct = torch.tensor([verify(p, CODEC.decode(r)) for p, r in zip(chosen, t_resp)])
+    kept = correct if cfg.pts.filter_correct else torch.ones_like(correct)
+    seconds = time.time() - t1
+    z_ids, z_mask = pack(t_prompts, t_resp, s.device)
+    z_logp, _ = forward_logprobs(s.student, z_ids)
+    pts_loss, pts_metrics = A.pts_anchor_loss(z_logp, z_mask, kept.to(s.device))
+    metrics.update(
+        {
+            "train/pts_teacher_acc": float(correct.float().mean()),
+            "train/pts_kept": float(pts_metrics["pts_kept"]),
+            "train/pts_loss": pts_metrics["pts_loss"],
+        }
+    )
+    return alpha * pts_loss, metrics, seconds
+
+
 # -- the loop ----------------------------------------------------------------------------
 
 
@@ -285,15 +461,6 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     """Linear warm-up to ``optim.lr``, then constant."""
     w = cfg.optim.warmup_steps
     return cfg.optim.lr * (step + 1) / w if step < w else cfg.optim.lr
-
-
-def _prompts_for_step(pool: list[Problem], step: int, n: int, seed: int) -> list[Problem]:
-    """Deterministic from (seed, step): a resumed run sees exactly the same prompts."""
-    per_epoch = max(1, len(pool) // n)
-    epoch, slot = divmod(step, per_epoch)
-    order = list(range(len(pool)))
-    random.Random(f"prompts:{seed}:{epoch}").shuffle(order)
-    return [pool[i] for i in order[slot * n : slot * n + n]]
 
 
 class Progress:
@@ -343,18 +510,16 @@ def train(
     method = METHODS.get(cfg.method)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    # Every (re)start seeds the global RNG alike. Load-bearing for resuming: the steps draw
+    # only from their own seeds (gen, the SFT batch rng, the evaluation seed below), never
+    # from this global stream, whose position after a resume differs from an unbroken run's.
     torch.manual_seed(cfg.seed)
 
     teacher = load_model(world.root / "teacher").to(device).requires_grad_(False)
     init_path = resolve_init(cfg, run_dir, world)
     start, student, opt_state = load_checkpoint(run_dir)
     student = (student if student is not None else load_model(init_path)).to(device)
-    needs_ref = (
-        method.family == "pg"
-        and method.advantage == "routed"
-        and not (cfg.gate.lambda_base == 1.0 and not cfg.gate.sign_gate and cfg.gate.gate_all_tokens_as is None)
-    )
-    ref = load_model(init_path).to(device).requires_grad_(False) if needs_ref else None
+    ref = load_model(init_path).to(device).requires_grad_(False) if cfg.needs_reference() else None
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     if opt_state is not None:
         opt.load_state_dict(opt_state)  # moves the state to the parameters' device
@@ -367,105 +532,42 @@ def train(
         else f"{label}: training, {cfg.train.total_steps} steps"
     )
 
-    steps, P, G = cfg.train.total_steps, cfg.rollout.prompts_per_step, cfg.rollout.group_size
-    temp, top_p = cfg.rollout.temperature, cfg.rollout.top_p
-    max_new = cfg.rollout.max_new_tokens or world.max_new_tokens()
+    steps, G = cfg.train.total_steps, cfg.rollout.group_size
     keep = {round(f * steps) for f in cfg.train.keep_checkpoints_at}
-    pool = world.train_pool(cfg.train.sources)
-    sft_data = teacher_dataset(cfg, world, teacher, device) if method.family == "sft" else None
+    setup = Setup(
+        cfg=cfg,
+        method=method,
+        device=device,
+        student=student,
+        teacher=teacher,
+        ref=ref,
+        pool=world.train_pool(cfg.train.sources),
+        sft_data=teacher_dataset(cfg, world, teacher, device) if method.family == "sft" else None,
+        max_new=cfg.rollout.max_new_tokens or world.max_new_tokens(),
+    )
+    family_step = FAMILY_STEPS[method.family]
     progress = Progress(steps, label=label)
     student.train()
 
     for step in range(start, steps):
         t_step = time.time()
-        timing = {"sample": 0.0, "teacher": 0.0, "ref": 0.0, "update": 0.0}
-        metrics: dict[str, float] = {}
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
+        # Load-bearing for resuming: the step's sampling generator depends on (seed, step)
+        # alone; the student's rollouts draw from it first, then the PTS teacher's.
         gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1_000_003 + step)
 
-        if method.family == "sft":
-            # Teacher-forced NLL on cached teacher responses, P * G sequences a step.
-            rng = random.Random(f"sft:{cfg.seed}:{step}")
-            pairs = [sft_data[rng.randrange(len(sft_data))] for _ in range(P * G)]
-            t0 = time.time()
-            ids, mask = pack([p for p, _ in pairs], [r for _, r in pairs], device)  # "sampling" is batching here
-            timing["sample"] = time.time() - t0
-            logp, logits = forward_logprobs(student, ids)
-            loss, _ = A.nll_loss(logp, mask)
-            n_tokens = int(mask.sum())
-            metrics["train/entropy"] = float(A.token_mean(A.token_entropy(logits), mask))
-            metrics["train/response_length"] = n_tokens / len(pairs)
-        else:
-            # 1. Sample G rollouts per prompt from the current student.
-            t0 = time.time()
-            problems = _prompts_for_step(pool, step, P, cfg.seed)
-            prompts = [CODEC.encode_prompt(p.prompt) for p in problems for _ in range(G)]
-            responses = generate(student, prompts, max_new, temperature=temp, top_p=top_p, generator=gen)
-            student.train()
-            # 2. Verify (the task's own exact check).
-            rewards = torch.tensor([float(verify(problems[i // G], CODEC.decode(r))) for i, r in enumerate(responses)])
-            group_ids = torch.arange(len(responses)) // G
-            ids, mask = pack(prompts, responses, device)
-            timing["sample"] = time.time() - t0
-            # 3. Teacher (and reference) log-probs of the student's tokens.
-            t0 = time.time()
-            with torch.no_grad():
-                lp_teacher, t_logits = forward_logprobs(teacher, ids, temp)
-            timing["teacher"] = time.time() - t0
-            logp, logits = forward_logprobs(student, ids, temp)
-            # One PPO epoch on fresh samples: the rollout policy is the current policy.
-            lp_old = logp.detach()
-            t0 = time.time()
-            lp_ref = score(ref, ids, temp) if ref is not None else lp_old  # lambda 1: lp_ref cancels
-            timing["ref"] = time.time() - t0
-            a_rl = A.grpo_advantage(rewards.to(device), group_ids.to(device))
-            n_tokens = int(mask.sum())
-            if method.family == "gkd":
-                loss, _ = A.generalized_jsd_loss(logits, t_logits, mask, beta=cfg.gkd.beta, temperature=temp)
-                cls = A.sign_classes(a_rl[:, None].expand_as(lp_old), A.opd_advantage(lp_old, lp_teacher), mask)
-                metrics.update({f"train/{k}": v for k, v in A.gate_fractions(cls, mask).items()})
-            else:
-                # 4. Routed advantage, stability weight, PPO-clip token loss.
-                adv, cls, gate_metrics = A.route_advantage(a_rl, lp_old, lp_teacher, lp_ref, mask, **cfg.gate.route_kwargs())
-                if method.advantage == "grpo":
-                    adv = torch.where(mask, a_rl[:, None].expand_as(adv), torch.zeros_like(adv))
-                    gate_metrics.update(adv_mean=float(A.token_mean(adv, mask)), adv_abs_max=float(adv.abs().max()))
-                weight = A.stability_weight(adv, lp_old, mask, mode=cfg.stability.mode, clip=cfg.stability.clip)
-                loss, pg_metrics = A.ppo_clip_loss(
-                    logp, lp_old, adv, weight, mask, eps_low=cfg.optim.eps_low, eps_high=cfg.optim.eps_high
-                )
-                metrics.update({f"train/{k}": v for k, v in gate_metrics.items()})
-                metrics["train/clipfrac"] = pg_metrics["clipfrac"]
-            metrics["train/kl_teacher"] = float(A.token_mean(lp_old - lp_teacher, mask))
-            metrics["train/reward_mean"] = float(rewards.mean())
-            metrics["train/entropy"] = float(A.token_mean(A.token_entropy(logits), mask))
-            metrics["train/response_length"] = n_tokens / len(responses)
-
+        # 1-4. The method family's step: sample (or batch), verify, score, advantage, token loss.
+        out = family_step(setup, step, gen)
+        loss, metrics = out.loss, dict(out.metrics)
+        timing = {"sample": 0.0, "teacher": 0.0, "ref": 0.0, **out.timing}
+        if cfg.pts.enabled:  # on-policy methods only: the SFT family fixes pts.enabled false
             # 5. Phased teacher sampling: a verified teacher anchor early in training.
-            if cfg.pts.enabled:
-                alpha = A.pts_alpha(step, steps, **cfg.pts.schedule_kwargs())
-                metrics.update({"train/pts_alpha": alpha, "train/pts_kept": 0.0, "train/pts_loss": 0.0})
-                if A.pts_active(step, steps, phase1_end_frac=cfg.pts.phase1_end_frac, phase2_end_frac=cfg.pts.phase2_end_frac):
-                    t1 = time.time()
-                    chosen = problems[: A.pts_prompts_per_step(P, cfg.pts.teacher_sampling_ratio)]
-                    t_prompts = [CODEC.encode_prompt(p.prompt) for p in chosen]
-                    t_resp = generate(teacher, t_prompts, max_new, temperature=temp, top_p=top_p, generator=gen)
-                    student.train()
-                    correct = torch.tensor([verify(p, CODEC.decode(r)) for p, r in zip(chosen, t_resp)])
-                    kept = correct if cfg.pts.filter_correct else torch.ones_like(correct)
-                    timing["teacher"] += time.time() - t1
-                    z_ids, z_mask = pack(t_prompts, t_resp, device)
-                    z_logp, _ = forward_logprobs(student, z_ids)
-                    pts_loss, pts_metrics = A.pts_anchor_loss(z_logp, z_mask, kept.to(device))
-                    loss = loss + alpha * pts_loss
-                    metrics.update(
-                        {
-                            "train/pts_teacher_acc": float(correct.float().mean()),
-                            "train/pts_kept": float(pts_metrics["pts_kept"]),
-                            "train/pts_loss": pts_metrics["pts_loss"],
-                        }
-                    )
+            anchor, pts_metrics, teacher_seconds = pts_anchor(setup, step, gen, out.rollout.problems)
+            metrics.update(pts_metrics)
+            timing["teacher"] += teacher_seconds
+            if anchor is not None:
+                loss = loss + anchor
 
         # 6. Optimiser step (a non-finite loss stops the run before it corrupts weights).
         loss_value = float(loss.detach())
@@ -484,7 +586,7 @@ def train(
                 "train/loss": loss_value,
                 "train/grad_norm": grad_norm,
                 "perf/step_seconds": step_seconds,
-                "perf/tokens_per_second": n_tokens / max(step_seconds, 1e-9),
+                "perf/tokens_per_second": out.n_tokens / max(step_seconds, 1e-9),
                 **{f"perf/{k}_seconds": v for k, v in timing.items()},
             }
         )
@@ -500,7 +602,7 @@ def train(
             and (tracker is not None or on_eval is not None)
         ):
             # Intermediate evaluation (per-benchmark accuracy over training); the final
-            # one is the runner's.
+            # one is workbench.mini.runs'. Its seed (load-bearing for resuming) is the step's.
             result = evaluate(
                 student,
                 world.benchmarks(cfg.eval.benchmarks),
@@ -513,9 +615,9 @@ def train(
             )
             student.train()
             if tracker is not None:
-                tracker.log_metrics(eval_metrics(result), step=done)
+                tracker.log_metrics(A.eval_metrics(result), step=done)
         if done == steps and method.family == "pg":
-            write_case_study(run_dir / "casestudy.json", problems, G, responses, rewards, cls, adv, mask)
+            write_case_study(run_dir / "casestudy.json", out.rollout, G, out.cls, out.adv)
         if done % cfg.train.checkpoint_every == 0 or done in keep or done == steps:
             save_checkpoint(run_dir, done, student, opt, keep)
             if tracker is not None:

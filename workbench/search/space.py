@@ -12,8 +12,6 @@ Optuna is imported inside functions only, so loading a space stays cheap.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from workbench.config import ConfigError, RunConfig
 from workbench.errors import UserError
+from workbench.provenance import short_hash
 from workbench.registry import Registry
 
 SAMPLERS: Registry[Callable[..., Any]] = Registry("sampler")
@@ -284,7 +283,7 @@ class SearchSpace(_Strict):
     def space_hash(self, scale: str | None) -> str:
         """Identifies a study's space: resuming a study with another space is refused."""
         d = {**self.model_dump(mode="json"), "scale": scale}
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return short_hash(d)
 
     def make_sampler(self, trial_number: int | None = None):
         """The sampler; seeded per trial, so parallel workers never draw the same random stream."""
@@ -388,7 +387,7 @@ def parse_space(
 
 def check_space(space: SearchSpace, scale: str | None) -> None:
     """Checks that need the run config: every corner and enqueued setting must validate."""
-    from workbench.runner import resolve_config
+    from workbench.grid import resolve_config
 
     base = base_config_path(space.base)
     if scale is not None:

@@ -14,6 +14,27 @@ run directory ``trial-<n>/``; the next claim re-runs it and training resumes fro
 last checkpoint. Reset and claim run under a lock file beside the study, so two workers of
 one machine never both take a trial back.
 
+Why not Optuna's own heartbeat and retry (``RDBStorage(url, heartbeat_interval=...,
+grace_period=..., heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(...))``,
+formerly ``failed_trial_callback=RetryFailedTrialCallback``; checked against Optuna 5.1):
+
+- only ``RDBStorage`` has a heartbeat; the default storage here is a journal file
+  (``JournalStorage``: none), which needs no database and works on a shared filesystem;
+- its retry marks the stale trial FAIL, which is final, and adds a copy under a new number:
+  the study would end with more than ``n_trials`` trials and a FAIL per killed worker, and
+  the copy would get a new ``trial-<n>/`` and a new MLflow run, so training would start
+  over instead of resuming from the checkpoint. Resuming needs the same trial back in
+  WAITING, which no callback can do once the trial has failed;
+- it waits out the grace period even when the dead worker ran on this machine, where the
+  owner record shows a dead process at once;
+- it runs inside ``study.optimize`` only (Optuna's docs: not with ask/tell), and workers
+  here claim the pre-created trials instead, to keep the count exact.
+
+So the scheduler is this module's: the owner record and heartbeat (trial user attributes),
+``requeue_stale`` and ``claim``, through ``BaseStorage``'s own methods (the WAITING ->
+RUNNING transition ``Study.ask`` uses to pop an enqueued trial). tests/test_search.py kills
+a worker mid-trial and checks the resume; constraints.txt pins the Optuna release.
+
 Everything that touches Optuna imports it inside functions.
 """
 
@@ -265,10 +286,10 @@ def _process_start(pid: int) -> int | None:
     return int(fields[19])
 
 
-def is_stale(trial, *, now: float, stale_after_s: float, host: str | None = None) -> bool:
+def is_stale(trial, *, now: float, stale_after_s: float) -> bool:
     """A RUNNING trial whose worker is gone."""
     owner = trial.user_attrs.get(OWNER)
-    if owner and owner.get("host") == (host or socket.gethostname()):
+    if owner and owner.get("host") == socket.gethostname():
         return not owner_alive(owner)
     beats = [float(trial.user_attrs.get(HEARTBEAT) or 0.0)]
     if trial.datetime_start is not None:
@@ -371,8 +392,8 @@ def run_trial(ctx: SearchContext, storage, trial_id: int) -> str:
     import optuna
     from optuna.trial import TrialState
 
-    from workbench import runner
-    from workbench.runner import resolve_config
+    from workbench.grid import resolve_config
+    from workbench.mini import runs
     from workbench.tracking import StopRun, Tracker
 
     number = storage.get_trial(trial_id).number
@@ -418,7 +439,7 @@ def run_trial(ctx: SearchContext, storage, trial_id: int) -> str:
                     for i, cfg in enumerate(configs):
                         hook = _reporter(trial, storage, trial_id, tt, offset=i * per_seed, key=ctx.metric_key, progress=progress)
                         # cfg.eval.benchmarks is the validation split: no benchmark is seen here.
-                        result = runner.train_run(
+                        result = runs.train_run(
                             cfg,
                             run_dir=trial_dir / f"seed{cfg.seed}",
                             world=ctx.world,
@@ -559,7 +580,7 @@ def benchmark_eval(ctx: SearchContext, trial) -> dict | None:
     The evaluation uses the base run's own eval settings (as the grid does), not the
     search's validation split; the mean over the trial's seeds is returned.
     """
-    from workbench.runner import eval_model
+    from workbench.mini.runs import eval_model
 
     out_dir = ctx.root / "benchmarks" / f"trial-{trial.number}"
     results = []

@@ -10,8 +10,8 @@ Modules (see docs/verl.md):
 - ``loss``: ``SGOPDLossConfig`` (a ``DistillationLossConfig`` subclass that adds the gate,
   stability and PTS fields) and the ``sgopd`` loss registered with verl's
   ``register_distillation_loss``. Imports verl.
-- ``register``: what every verl process imports (through ``_target_``,
-  ``VERL_USE_EXTERNAL_MODULES`` or the ``verl.plugins`` entry point) to register it all.
+- ``register``: what every verl process imports (through ``_target_`` or
+  ``VERL_USE_EXTERNAL_MODULES``) to register it all.
 - ``overrides``: the Hydra override list of a grid run at a scale (pure; no verl import).
 - ``check``: composes and validates verl's full config for every grid run on CPU.
 - ``pts``: the PTS agent-loop worker and the trainer subclass (GPU-only glue, v1 trainer).

@@ -10,15 +10,17 @@ SG-OPD pieces split into what is exact per token and what is a batch statistic:
   batch. Computed on a micro-batch it is normalised over that micro-batch only; the PTS
   trainer (``workbench.backends.verl.pts``) therefore computes it once over the whole
   batch on the driver (``driver_fields``) and ships it as ``sgopd_weight``;
-- verl's token-mean divides by the token count of the whole (global) mini-batch. When
-  PTS teacher-anchor rows share the batch, that count includes their tokens; the per-row
-  ``sgopd_row_scale`` from ``driver_fields`` restores docs/algorithm.md section 6's normalisations
-  (``L_tok`` over student tokens, ``L_PTS`` over kept teacher tokens).
+- verl's token-mean divides by the token count of the whole (global) mini-batch, its
+  ``seq-mean-token-mean`` by its row count. When PTS teacher-anchor rows share the batch,
+  those counts include the anchors; the per-row ``sgopd_row_scale`` from ``driver_fields``
+  restores docs/algorithm.md section 6's normalisations (``L_tok`` over the student rows,
+  ``L_PTS`` over kept teacher tokens).
 
 The loss returned to verl is ``-(A_hat * w * row_scale)`` per token: verl's policy-gradient
 path (``use_policy_gradient=True``) feeds its negation to the PPO clip as the advantage.
 Because ``w >= 0`` and rollout-IS weights are ``>= 0``, ``w * min(r A, clip(r) A) =
-min(r (w A), clip(r) (w A))``: the weighted clip is exactly docs/algorithm.md section 5's.
+min(r (w A), clip(r) (w A))``, and likewise for the dual clip ``max(., c A)`` on ``A < 0``:
+the weighted clip is exactly docs/algorithm.md section 5's.
 """
 
 from __future__ import annotations
@@ -30,40 +32,11 @@ import torch
 from torch import Tensor
 
 import workbench.algo as A
-from workbench.algo.gate import CONFLICT, CONSENSUS
+from workbench.algo.losses import LOSS_AGG_MODES
+from workbench.config import GateConfig
 
 #: Route keyword arguments of ``workbench.algo.route_advantage`` (GateConfig's fields).
-ROUTE_KEYS = (
-    "sign_gate",
-    "lambda_base",
-    "lambda_high",
-    "disagree_mode",
-    "disagree_interp_beta",
-    "gate_all_tokens_as",
-    "gate_levels",
-    "cell_lambda_pos_pos",
-    "cell_lambda_neg_neg",
-    "cell_beta_pos_neg",
-    "cell_beta_neg_pos",
-)
-
-
-def needs_reference(route_kwargs: Mapping[str, Any]) -> bool:
-    """Whether the routed advantage depends on ``lp_ref`` (any extrapolation factor != 1).
-
-    ``A_lam = lam (lp_T - lp_ref) - (lp_old - lp_ref)`` is free of ``lp_ref`` only at
-    ``lam = 1``. OPD (gate off, ``lambda_base = 1``) and the interp/mask/grpo fallbacks on
-    every token never use ``lp_ref`` with another factor; everything else does.
-    """
-    g = dict(route_kwargs)
-    if g.get("gate_all_tokens_as") == "conflict":
-        return g.get("disagree_mode") == "preserve" and g.get("lambda_base", 1.0) != 1.0
-    lams = [g.get("lambda_base", 1.0)]
-    if g.get("sign_gate", True):
-        lams.append(g.get("lambda_high", 1.0))
-        if g.get("gate_levels", 2) == 4:
-            lams += [g.get(k) for k in ("cell_lambda_pos_pos", "cell_lambda_neg_neg") if g.get(k) is not None]
-    return any(float(lam) != 1.0 for lam in lams)
+ROUTE_KEYS = tuple(GateConfig.model_fields)
 
 
 def routed_advantage(
@@ -104,20 +77,31 @@ def class_counts(metrics: Mapping[str, float], n_valid: int) -> dict[str, int]:
     return {"n_valid": n_valid, "n_neutral": n_neutral, "n_conflict": n_conflict, "n_consensus": n_signed - n_conflict}
 
 
-def row_scales(mask: Tensor, anchor: Tensor, kept: Tensor, alpha: float) -> Tensor:
-    """Per-row factor that turns verl's token-mean over all rows into docs/algorithm.md's two means.
+def row_scales(mask: Tensor, anchor: Tensor, kept: Tensor, alpha: float, loss_agg_mode: str = "token-mean") -> Tensor:
+    """Per-row factor that turns verl's mean over all rows into docs/algorithm.md's two means.
 
-    verl divides every token's term by ``N`` = the valid tokens of all rows (student
-    rollouts and teacher-anchor rows alike). docs/algorithm.md wants ``L_tok`` over the ``N_s`` student
-    tokens and ``alpha * L_PTS`` over the ``N_k`` tokens of kept anchor rows, so student
-    rows get ``N / N_s`` and kept anchor rows ``alpha * N / N_k``; rejected anchor rows 0.
+    ``token-mean``: verl divides every token's term by ``N`` = the valid tokens of all rows
+    (student rollouts and teacher-anchor rows alike). docs/algorithm.md wants ``L_tok``
+    over the ``N_s`` student tokens and ``alpha * L_PTS`` over the ``N_k`` tokens of kept
+    anchor rows, so student rows get ``N / N_s`` and kept anchor rows ``alpha * N / N_k``.
+
+    ``seq-mean-token-mean``: verl divides row ``i``'s token mean by ``R`` = every row of the
+    batch (``mask.shape[0]``, verl's ``global_batch_size`` in the PTS trainer, padding rows
+    included). ``L_tok`` is then the mean over the ``R_s`` student rows with a valid token
+    (student rows get ``R / R_s``) while ``L_PTS`` keeps its token mean (section 6): kept
+    anchor row ``i`` with ``n_i`` tokens gets ``alpha * R * n_i / N_k``.
+
+    Rejected anchor rows get 0 either way.
 
     Args:
         mask: ``[B, T]`` response mask of the whole (global) batch.
         anchor: ``[B]`` bool, PTS teacher-anchor rows.
         kept: ``[B]`` bool, anchor rows the verifier kept (ignored on student rows).
         alpha: ``pts_alpha`` of this step.
+        loss_agg_mode: verl's ``actor.loss_agg_mode`` (``LOSS_AGG_MODES``).
     """
+    if loss_agg_mode not in LOSS_AGG_MODES:
+        raise ValueError(f"loss_agg_mode must be one of {LOSS_AGG_MODES}, got {loss_agg_mode!r}")
     m = mask.to(torch.bool)
     anchor, kept = anchor.to(torch.bool), kept.to(torch.bool) & anchor.to(torch.bool)
     tokens = m.sum(-1).to(torch.float64)
@@ -125,10 +109,18 @@ def row_scales(mask: Tensor, anchor: Tensor, kept: Tensor, alpha: float) -> Tens
     n_student = float(tokens[~anchor].sum())
     n_kept = float(tokens[kept].sum())
     scale = torch.zeros(m.shape[0], dtype=torch.float64, device=m.device)
-    if n_student > 0:
-        scale[~anchor] = n_all / n_student
-    if n_kept > 0 and alpha > 0:
-        scale[kept] = alpha * n_all / n_kept
+    if loss_agg_mode == "token-mean":
+        if n_student > 0:
+            scale[~anchor] = n_all / n_student
+        if n_kept > 0 and alpha > 0:
+            scale[kept] = alpha * n_all / n_kept
+    else:
+        rows = float(m.shape[0])
+        rows_student = float(torch.count_nonzero(tokens[~anchor]))
+        if rows_student > 0:
+            scale[~anchor] = rows / rows_student
+        if n_kept > 0 and alpha > 0:
+            scale[kept] = alpha * rows * tokens[kept] / n_kept
     return scale.to(torch.float32)
 
 
@@ -146,12 +138,13 @@ def driver_fields(
     anchor: Tensor | None = None,
     kept: Tensor | None = None,
     alpha: float = 0.0,
+    loss_agg_mode: str = "token-mean",
 ) -> dict[str, Tensor]:
     """Whole-batch fields that make a micro-batched verl update equal the batch's docs/algorithm.md loss.
 
     Computed once per step on the driver over the global batch (padded ``[B, T]``):
     ``sgopd_weight`` (the stability weight over the student rows' valid tokens, 0 on anchor
-    rows) and ``sgopd_row_scale`` (``row_scales``).
+    rows) and ``sgopd_row_scale`` (``row_scales``; ``loss_agg_mode`` is verl's actor's).
     """
     B = mask.shape[0]
     anchor = torch.zeros(B, dtype=torch.bool, device=mask.device) if anchor is None else anchor.to(torch.bool)
@@ -167,7 +160,10 @@ def driver_fields(
         stability_mode=stability_mode,
         stability_clip=stability_clip,
     )
-    return {"sgopd_weight": weight.to(torch.float32), "sgopd_row_scale": row_scales(mask, anchor, kept, alpha)}
+    return {
+        "sgopd_weight": weight.to(torch.float32),
+        "sgopd_row_scale": row_scales(mask, anchor, kept, alpha, loss_agg_mode),
+    }
 
 
 def token_advantage(
@@ -221,12 +217,9 @@ def token_advantage(
 
 
 __all__ = [
-    "CONFLICT",
-    "CONSENSUS",
     "ROUTE_KEYS",
     "class_counts",
     "driver_fields",
-    "needs_reference",
     "routed_advantage",
     "row_scales",
     "token_advantage",

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workbench.backends.verl.overrides import Job, Scale, build_job
+from workbench.backends.verl.overrides import Job, VerlScale, build_job
 
 
 @dataclass
@@ -172,7 +172,7 @@ def grid_configs(runs_dir: str | Path = "experiments/runs", runs: Iterable[str] 
 
 
 def check_grid(
-    scale: Scale,
+    scale: VerlScale,
     runs_dir: str | Path = "experiments/runs",
     runs: Iterable[str] | None = None,
     seed: int | None = None,

@@ -192,7 +192,7 @@ def _realscale_eval(args: argparse.Namespace) -> int:
         for key, value in result["metrics"].items():
             client.log_metric(args.mlflow_run_id, key, value, step=args.step)
     if grid:  # an evaluation-only model: its own child run of the grid, as `workbench eval --grid` logs it
-        from workbench.runner import log_eval_run
+        from workbench.grid import log_eval_run
 
         ev = {k: result[k] for k in ("n_samples", "k", "temperature", "top_p", "max_new_tokens")}
         log_eval_run(
@@ -220,7 +220,7 @@ def _eval_grid(args: argparse.Namespace) -> dict:
     if args.mlflow_run_file or args.mlflow_run_id:
         raise UserError("--grid logs a run of its own; leave out --mlflow-run-file / --mlflow-run-id")
     from workbench.backends.verl.launch import check_tracking_store
-    from workbench.runner import read_grid
+    from workbench.grid import read_grid
     from workbench.tracking import default_tracking_uri
 
     check_tracking_store(args.tracking_uri or default_tracking_uri())

@@ -29,13 +29,18 @@ Traps handled here (verl 0.9.1):
   from the loss config, which has no such field, so verl's distillation path always
   dual-clips at 3. docs/algorithm.md section 5 is the plain clip: ``SGOPDLossConfig.clip_ratio_c``
   defaults to 1e9, which never binds because verl clamps the log-ratio to +-20
-  (``e**20 < 1e9``).
+  (``e**20 < 1e9``); the run config's ``optim.clip_ratio_c`` sets it (``overrides``).
+
+The PPO clip, dual clip and aggregation (``loss_agg_mode``, read from the actor config) are
+verl's own; ``workbench.algo.ppo_clip_loss`` computes the same (``tests/test_verl_loss.py``).
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
 from tensordict import TensorDict
@@ -49,6 +54,7 @@ from verl.workers.config import DistillationLossConfig
 from verl.workers.utils.padding import no_padding_2_padding
 
 from workbench.backends.verl import adapter
+from workbench.config import GateConfig, PTSConfig, StabilityConfig
 
 LOSS_NAME = "sgopd"
 #: Never binds (verl clamps the log-ratio to +-20 and e**20 < 1e9): plain PPO clip, docs/algorithm.md section 5.
@@ -57,14 +63,46 @@ NO_DUAL_CLIP = 1e9
 PREFIX = "train/"
 STAT_PREFIX = "sgopd/"
 
+#: The run-config sections mirrored on ``SGOPDLossConfig``: section -> (field prefix, model).
+MIRRORED = {"gate": ("", GateConfig), "stability": ("stability_", StabilityConfig), "pts": ("pts_", PTSConfig)}
+#: A mirrored default that differs from the run config's: a loss config alone starts no PTS trainer.
+_MIRROR_DEFAULTS = {"pts_enabled": False}
+
+
+def _plain(annotation: Any) -> Any:
+    """A pydantic annotation as the plain type OmegaConf accepts (the constraints stay with
+    pydantic, which ``SGOPDLossConfig.__post_init__`` runs)."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _plain(typing.get_args(annotation)[0])
+    if origin is Literal:
+        return type(typing.get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        (inner,) = (a for a in typing.get_args(annotation) if a is not type(None))
+        return Optional[_plain(inner)]  # noqa: UP045 (OmegaConf reads typing.Optional)
+    return annotation
+
+
+def _mirror_run_config(cls: type) -> type:
+    """Declare the run config's gate, stability and PTS fields on ``cls``, before ``@dataclass``
+    makes them fields: one declaration (``workbench.config``), the same names, defaults and
+    validation."""
+    for prefix, model in MIRRORED.values():
+        for name, f in model.model_fields.items():
+            cls.__annotations__[prefix + name] = _plain(f.annotation)
+            setattr(cls, prefix + name, _MIRROR_DEFAULTS.get(prefix + name, f.default))
+    return cls
+
 
 @dataclass
+@_mirror_run_config
 class SGOPDLossConfig(DistillationLossConfig):
     """``DistillationLossConfig`` plus SG-OPD's gate, stability and PTS fields.
 
-    Gate fields are ``workbench.config.GateConfig``'s (same names, same validation);
-    ``stability_mode`` / ``stability_clip`` are ``StabilityConfig``'s; ``pts_*`` mirror
-    ``PTSConfig`` and are read by the PTS trainer (``workbench.backends.verl.pts``).
+    Those fields are declared by ``workbench.config`` alone (``_mirror_run_config``):
+    ``GateConfig``'s under their own names, ``StabilityConfig``'s as ``stability_*``,
+    ``PTSConfig``'s as ``pts_*`` (read by the PTS trainer, ``workbench.backends.verl.pts``),
+    with the same defaults (but ``pts_enabled``: False) and the same validation.
     """
 
     loss_mode: str = LOSS_NAME
@@ -74,30 +112,6 @@ class SGOPDLossConfig(DistillationLossConfig):
     log_prob_min_clamp: float | None = None
     topk: int | None = None
     clip_ratio_c: float = NO_DUAL_CLIP
-
-    # gate (docs/algorithm.md section 3)
-    sign_gate: bool = True
-    lambda_base: float = 1.25
-    lambda_high: float = 1.8
-    disagree_mode: str = "interp"
-    disagree_interp_beta: float = 0.5
-    gate_all_tokens_as: str | None = None
-    gate_levels: int = 2
-    cell_lambda_pos_pos: float | None = None
-    cell_lambda_neg_neg: float | None = None
-    cell_beta_pos_neg: float | None = None
-    cell_beta_neg_pos: float | None = None
-    # stability weight (docs/algorithm.md section 4)
-    stability_mode: str = "phi"
-    stability_clip: float = 2.0
-    # phased teacher sampling (docs/algorithm.md section 6), used by the PTS trainer
-    pts_enabled: bool = False
-    pts_teacher_sampling_ratio: float = 0.125
-    pts_filter_correct: bool = True
-    pts_phase1_end_frac: float = 0.30
-    pts_phase2_end_frac: float = 0.35
-    pts_alpha0: float = 1.0
-    pts_alpha1: float = 0.1
 
     def __post_init__(self):
         super().__post_init__()
@@ -114,15 +128,9 @@ class SGOPDLossConfig(DistillationLossConfig):
             problems.append(f"clip_ratio_c must be > 1 (got {self.clip_ratio_c})")
         from pydantic import ValidationError
 
-        from workbench.config import GateConfig, PTSConfig, StabilityConfig
-
-        for section, cls, values in (
-            ("gate", GateConfig, self.route_kwargs()),
-            ("stability", StabilityConfig, {"mode": self.stability_mode, "clip": self.stability_clip}),
-            ("pts", PTSConfig, self.pts_kwargs()),
-        ):
+        for section, (_, model) in MIRRORED.items():
             try:
-                cls(**values)
+                model(**self.section(section))
             except ValidationError as e:
                 problems += [
                     f"{section}.{'.'.join(map(str, err['loc']))}: {err['msg']}".replace(".: ", ": ") for err in e.errors()
@@ -130,24 +138,21 @@ class SGOPDLossConfig(DistillationLossConfig):
         if problems:
             raise ValueError("distillation.distillation_loss (sgopd): " + "; ".join(problems))
 
+    def section(self, name: str) -> dict[str, Any]:
+        """The run config's section ``name`` (``gate``, ``stability``, ``pts``) from the mirrored fields."""
+        prefix, model = MIRRORED[name]
+        return {k: getattr(self, prefix + k) for k in model.model_fields}
+
     def route_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of ``workbench.algo.route_advantage``."""
-        return {k: getattr(self, k) for k in adapter.ROUTE_KEYS}
+        return self.section("gate")
 
     def pts_kwargs(self) -> dict[str, Any]:
         """The run config's ``pts`` section."""
-        return {
-            "enabled": self.pts_enabled,
-            "teacher_sampling_ratio": self.pts_teacher_sampling_ratio,
-            "filter_correct": self.pts_filter_correct,
-            "phase1_end_frac": self.pts_phase1_end_frac,
-            "phase2_end_frac": self.pts_phase2_end_frac,
-            "alpha0": self.pts_alpha0,
-            "alpha1": self.pts_alpha1,
-        }
+        return self.section("pts")
 
     def needs_reference(self) -> bool:
-        return adapter.needs_reference(self.route_kwargs())
+        return GateConfig(**self.route_kwargs()).needs_reference()
 
 
 # -- tensors of a verl micro-batch -------------------------------------------------------
@@ -271,5 +276,3 @@ if LOSS_NAME not in DISTILLATION_LOSS_REGISTRY:  # idempotent: a module imported
     )
 else:
     sgopd_distillation_loss = DISTILLATION_LOSS_REGISTRY[LOSS_NAME]
-
-TARGET = f"{SGOPDLossConfig.__module__}.{SGOPDLossConfig.__qualname__}"

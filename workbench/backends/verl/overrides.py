@@ -12,7 +12,7 @@ wins where is listed in docs/verl.md.
 
 Every file of a run (checkpoints, merged ``hf/``, ``verl_run.json``, evaluation, done
 marker) is named by ``run_paths(results, scale, run, seed)``, the one place the workflow's
-rules (``verl.smk``) and the verbs (``verl-launch --results``) take them from.
+rules (``workflow/rules/verl.smk``) and the verbs (``verl-launch --results``) take them from.
 
 Methods on verl:
 
@@ -52,6 +52,7 @@ PTS_AGENT_LOOP_MANAGER = "workbench.backends.verl.pts.PTSAgentLoopManager"
 REWARD_FN = Path(__file__).parent / "reward.py"
 #: docs/algorithm.md section 5 is the plain PPO clip; 1e9 never binds (verl clamps the log-ratio to +-20).
 NO_DUAL_CLIP = 1e9
+
 #: ``trainer.total_epochs`` is only a safety cap: ``total_training_steps`` ends the run.
 EPOCH_CAP = 1000
 
@@ -132,8 +133,11 @@ class ScaleEval(_Model):
     benchmarks: dict[str, str] = {}
 
 
-class Scale(_Model):
-    """A scale file (``scales/<name>.yaml``); unknown keys are errors."""
+class VerlScale(_Model):
+    """A verl setup: models, data, cluster, batch sizes and lengths, read from
+    ``workbench/backends/verl/scales/<name>.yaml``, the file of the workflow scale
+    (``workbench.grid.Scale``, ``experiments/scales/<name>.yaml``) of the same name.
+    Unknown keys are errors."""
 
     name: str
     student: str
@@ -163,7 +167,7 @@ def scale_names() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in SCALES_DIR.glob("*.yaml")))
 
 
-def load_scale(name_or_path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) -> Scale:
+def load_scale(name_or_path: str | Path, overrides: Mapping[str, Any] | list[str] = ()) -> VerlScale:
     """A scale by name (``paper``, ``smoke``) or YAML path, with dotted ``key=value`` overrides."""
     from workbench.config import _apply_overrides
 
@@ -174,7 +178,7 @@ def load_scale(name_or_path: str | Path, overrides: Mapping[str, Any] | list[str
         if not path.exists():
             raise ValueError(f"unknown scale {str(name_or_path)!r}; valid: {', '.join(scale_names())}")
     data = yaml.safe_load(path.read_text()) or {}
-    scale = Scale.model_validate(_apply_overrides(data, overrides))
+    scale = VerlScale.model_validate(_apply_overrides(data, overrides))
     if named and scale.name != path.stem:  # the name picks the results folder: --scale X must land in X's
         raise ValueError(f"{path}: name {scale.name!r} differs from the file name {path.stem!r}")
     return scale
@@ -264,7 +268,7 @@ SCALE_OWNED: dict[str, str | None] = {
 }
 
 
-def check_scale_owned(cfg: RunConfig, scale: Scale) -> None:
+def check_scale_owned(cfg: RunConfig, scale: VerlScale) -> None:
     """Raise ``ConfigError`` if ``cfg`` changes a field the verl scale owns (``SCALE_OWNED``)."""
     default = RunConfig(method=cfg.method)
     bad = []
@@ -287,7 +291,7 @@ def check_scale_owned(cfg: RunConfig, scale: Scale) -> None:
         )
 
 
-def run_steps(cfg: RunConfig, scale: Scale) -> int:
+def run_steps(cfg: RunConfig, scale: VerlScale) -> int:
     """The run's training steps: its ``train.steps_frac`` share of the scale's ``train.steps``."""
     return max(1, round(scale.train.steps * cfg.train.steps_frac))
 
@@ -343,19 +347,24 @@ def _v(x: Any) -> str:
     return s if all(c.isalnum() or c in "/._-:+@" for c in s) and s else "'" + s.replace("'", "\\'") + "'"
 
 
-def keep_steps(cfg: RunConfig, scale: Scale) -> dict[float, int]:
+def _dual_clip(cfg: RunConfig) -> float:
+    """verl's ``clip_ratio_c`` for the run config's ``optim.clip_ratio_c`` (None: off)."""
+    return NO_DUAL_CLIP if cfg.optim.clip_ratio_c is None else cfg.optim.clip_ratio_c
+
+
+def keep_steps(cfg: RunConfig, scale: VerlScale) -> dict[float, int]:
     """``train.keep_checkpoints_at`` fraction -> the step verl checkpoints it at (before the last)."""
     steps = run_steps(cfg, scale)
     return {f: round(f * steps) for f in cfg.train.keep_checkpoints_at if 0 < round(f * steps) < steps}
 
 
-def _save_freq(cfg: RunConfig, scale: Scale) -> int:
+def _save_freq(cfg: RunConfig, scale: VerlScale) -> int:
     """Checkpoint every ``checkpoint_every`` steps, and at every ``keep_checkpoints_at`` step
     (``trainer.max_actor_ckpt_to_keep=null`` keeps them all, so such a step can be merged later)."""
     return reduce(math.gcd, keep_steps(cfg, scale).values(), min(scale.train.checkpoint_every, run_steps(cfg, scale)))
 
 
-def _train_files(cfg: RunConfig, scale: Scale) -> list[str]:
+def _train_files(cfg: RunConfig, scale: VerlScale) -> list[str]:
     sources = scale.data.sources
     names = list(cfg.train.sources) if cfg.train.sources else list(sources)
     unknown = [s for s in names if s not in sources]
@@ -364,7 +373,7 @@ def _train_files(cfg: RunConfig, scale: Scale) -> list[str]:
     return [sources[s] for s in names]
 
 
-def _init_path(cfg: RunConfig, scale: Scale, paths: RunPaths) -> str:
+def _init_path(cfg: RunConfig, scale: VerlScale, paths: RunPaths) -> str:
     """The student's starting weights: the scale's student, or ``init_from``'s exported model."""
     ref = cfg.train.init_from
     if ref is None:
@@ -373,7 +382,7 @@ def _init_path(cfg: RunConfig, scale: Scale, paths: RunPaths) -> str:
 
 
 def build_job(
-    cfg: RunConfig, scale: Scale, *, seed: int | None = None, experiment: str = "sgopd-verl", results: str | Path = "results"
+    cfg: RunConfig, scale: VerlScale, *, seed: int | None = None, experiment: str = "sgopd-verl", results: str | Path = "results"
 ) -> Job:
     """The verl job of one grid run at ``scale``, its files under ``run_paths(results, ...)``
     (pure: no verl import, no file access)."""
@@ -387,7 +396,7 @@ def build_job(
     return _ppo_job(cfg, scale, seed, run_id, paths, experiment)
 
 
-def _common_trainer(scale: Scale, run_id: str, seed: int, paths: RunPaths, experiment: str, steps: int) -> list[str]:
+def _common_trainer(scale: VerlScale, run_id: str, seed: int, paths: RunPaths, experiment: str, steps: int) -> list[str]:
     return [
         f"trainer.project_name={_v(experiment)}",
         f"trainer.experiment_name={_v(f'{run_id}-seed{seed}')}",
@@ -400,15 +409,20 @@ def _common_trainer(scale: Scale, run_id: str, seed: int, paths: RunPaths, exper
     ]
 
 
-def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPaths, experiment: str) -> Job:
-    from workbench.backends.verl.adapter import needs_reference
-
+def _ppo_job(cfg: RunConfig, scale: VerlScale, seed: int, run_id: str, paths: RunPaths, experiment: str) -> Job:
     method = METHODS.get(cfg.method)
     b, c, o = scale.batch, scale.cluster, scale.optim
     P, G = b.prompts_per_step, b.group_size
     distill = method.family in ("pg", "gkd") and method.advantage != "grpo"
-    use_sgopd = method.family == "pg" and method.advantage == "routed" and (cfg.method != "opd" or cfg.pts.enabled)
-    use_ref = use_sgopd and needs_reference(cfg.gate.route_kwargs())
+    # OPD without PTS runs verl's stock k1 loss, whose config has no clip_ratio_c (verl then
+    # dual-clips at 3, inert at the update's ratio 1); a run that sets the dual clip takes the
+    # sgopd loss with the gate off at lambda 1, which is OPD.
+    use_sgopd = (
+        method.family == "pg"
+        and method.advantage == "routed"
+        and (cfg.method != "opd" or cfg.pts.enabled or cfg.optim.clip_ratio_c is not None)
+    )
+    use_ref = use_sgopd and cfg.needs_reference()
     init = _init_path(cfg, scale, paths)
     steps = run_steps(cfg, scale)
     rc = scale.rollout_correction
@@ -437,11 +451,11 @@ def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPat
         f"actor_rollout_ref.actor.optim.clip_grad={_v(o.grad_clip)}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={P}",
         "actor_rollout_ref.actor.ppo_epochs=1",
-        "actor_rollout_ref.actor.loss_agg_mode=token-mean",
+        f"actor_rollout_ref.actor.loss_agg_mode={cfg.optim.loss_agg_mode}",
         "actor_rollout_ref.actor.entropy_coeff=0",
         f"actor_rollout_ref.actor.clip_ratio_low={_v(cfg.optim.eps_low)}",
         f"actor_rollout_ref.actor.clip_ratio_high={_v(cfg.optim.eps_high)}",
-        f"actor_rollout_ref.actor.clip_ratio_c={_v(NO_DUAL_CLIP)}",
+        f"actor_rollout_ref.actor.clip_ratio_c={_v(_dual_clip(cfg))}",
         f"actor_rollout_ref.actor.use_kl_loss={_v(use_ref)}",
         "actor_rollout_ref.actor.kl_loss_coef=0",
         f"actor_rollout_ref.actor.use_dynamic_bsz={_v(b.use_dynamic_bsz)}",
@@ -520,7 +534,7 @@ def _ppo_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPat
     )
 
 
-def _sgopd_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
+def _sgopd_overrides(cfg: RunConfig, scale: VerlScale) -> list[str]:
     g, s, p = cfg.gate, cfg.stability, cfg.pts
     dl = "distillation.distillation_loss"
     ov = [
@@ -530,7 +544,7 @@ def _sgopd_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
         f"{dl}.clip_ratio={_v(cfg.optim.eps_low)}",
         f"{dl}.clip_ratio_low={_v(cfg.optim.eps_low)}",
         f"{dl}.clip_ratio_high={_v(cfg.optim.eps_high)}",
-        f"+{dl}.clip_ratio_c={_v(NO_DUAL_CLIP)}",
+        f"+{dl}.clip_ratio_c={_v(_dual_clip(cfg))}",
     ]
     fields: dict[str, Any] = dict(g.route_kwargs())
     fields.update(stability_mode=s.mode, stability_clip=s.clip)
@@ -544,7 +558,7 @@ def _sgopd_overrides(cfg: RunConfig, scale: Scale) -> list[str]:
     return ov
 
 
-def _sft_job(cfg: RunConfig, scale: Scale, seed: int, run_id: str, paths: RunPaths, experiment: str) -> Job:
+def _sft_job(cfg: RunConfig, scale: VerlScale, seed: int, run_id: str, paths: RunPaths, experiment: str) -> Job:
     import workbench.algo as A
 
     sft = scale.sft

@@ -38,7 +38,6 @@ import dataclasses
 import logging
 
 import hydra
-import numpy as np
 import ray
 import torch
 import transfer_queue as tq
@@ -180,6 +179,7 @@ class PTSTrainer(WorkbenchTrainer):
             plan=self._plan(),
             padding=pts_plan.padding_rows(batch.tags),
             entropy=dense("entropy") if "entropy" in fields else None,
+            loss_agg_mode=self.config.actor_rollout_ref.actor.loss_agg_mode,
         )
         out = TensorDict(
             {
@@ -225,4 +225,4 @@ class PTSTrainer(WorkbenchTrainer):
         super()._compute_metrics(student_view, metrics, timing_raw, global_steps, epoch)
 
 
-__all__ = ["TRAINER_MODE", "PTSAgentLoopManager", "PTSAgentLoopWorker", "PTSTrainer", "np"]
+__all__ = ["TRAINER_MODE", "PTSAgentLoopManager", "PTSAgentLoopWorker", "PTSTrainer"]

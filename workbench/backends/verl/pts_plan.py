@@ -115,6 +115,7 @@ def step_fields(
     plan: StepPlan,
     padding: Tensor | None = None,
     entropy: Tensor | None = None,
+    loss_agg_mode: str = "token-mean",
 ) -> tuple[dict[str, Tensor], dict[str, float]]:
     """The per-step fields the PTS trainer writes back before the actor update, and metrics.
 
@@ -127,7 +128,7 @@ def step_fields(
     ``padding`` verl's padding rows (``padding_rows``): advantage 0, row scale 0, in no
     group, count and metric; ``entropy`` the policy's per-token entropy (verl's
     ``actor/entropy`` averages it over anchor tokens too): ``train/entropy`` over the
-    student tokens.
+    student tokens; ``loss_agg_mode`` verl's ``actor.loss_agg_mode`` (the row scales follow it).
     """
     student, anchor = row_roles(anchor, padding)
     m = mask.to(torch.bool) & (student | anchor)[:, None]
@@ -150,6 +151,7 @@ def step_fields(
         anchor=anchor,
         kept=kept,
         alpha=plan.alpha,
+        loss_agg_mode=loss_agg_mode,
     )
     fields["advantages"] = a_rl
     fields["sgopd_row_scale"] = torch.where(student | anchor, fields["sgopd_row_scale"], torch.zeros(()))

@@ -352,17 +352,10 @@ def evaluate(
                     f.writelines(json.dumps(r) + "\n" for r in records)
     for key in ("avg_at_k", "pass_at_k"):
         result[key] = mean(b[key] for b in result["benchmarks"].values())
-    result["metrics"] = eval_metrics(result)
+    result["metrics"] = A.eval_metrics(result)
     if out_dir:
         (out_dir / "results.json").write_text(json.dumps(result, indent=1))
     return result
-
-
-def eval_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """docs/algorithm.md section 10's ``eval/...`` names, in percent."""
-    m = {f"eval/{b}/{key}": 100 * r[key] for b, r in result["benchmarks"].items() for key in ("avg_at_k", "pass_at_k")}
-    m.update({"eval/avg_at_k": 100 * result["avg_at_k"], "eval/pass_at_k": 100 * result["pass_at_k"]})
-    return m
 
 
 def scores_from_samples(paths: Iterable[str | Path], n_samples: int, k: int) -> dict[str, dict[str, float]]:

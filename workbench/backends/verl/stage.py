@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from workbench.backends.verl.overrides import Job, Scale
+from workbench.backends.verl.overrides import Job, VerlScale
 from workbench.backends.verl.realscale import BENCHMARKS, BenchmarkSpec
 from workbench.errors import UserError
 
@@ -86,7 +86,7 @@ def set_names(paths: list[str]) -> dict[str, str]:
     return {p: Path(p).parent.name if folders[Path(p).parent] == 1 else Path(p).stem for p in paths}
 
 
-def plan(scale: Scale, raw_root: str | Path = RAW_ROOT, sources: Mapping[str, str] | None = None) -> list[StageItem]:
+def plan(scale: VerlScale, raw_root: str | Path = RAW_ROOT, sources: Mapping[str, str] | None = None) -> list[StageItem]:
     """The files ``scale`` reads and where each comes from (``sources``: set -> file or folder;
     default ``<raw_root>/<set>``)."""
     sources = dict(sources or {})

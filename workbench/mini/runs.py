@@ -1,72 +1,23 @@
-"""What the ``train``, ``eval`` and ``grid-start`` verbs do: config -> backend -> tracked run -> results.
+"""What the ``train``, ``eval`` and ``grid-start`` verbs do on the mini backend: config ->
+world -> tracked run -> results.
 
-The CLI, Snakemake rules, Optuna trials and tests all come through here.
+The CLI, Snakemake rules, Optuna trials and tests all come through here. What is not
+mini-specific (a config at a scale, the grid file, the evaluation-only MLflow run) is in
+``workbench.grid``.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from workbench.config import RunConfig, load_config, parse_config
 from workbench.errors import UserError
+from workbench.grid import Overrides, listed_overrides, log_eval_run, read_grid, resolve_config
 from workbench.io import atomic_write_json
 from workbench.status import run_label, status
-
-Overrides = Iterable[str] | Mapping[str, Any]
-
-
-def resolve_config(config: str | Path | RunConfig, *, scale: str | None = None, overrides: Overrides = ()) -> RunConfig:
-    """A run config with the scale's overrides, then ``overrides`` (``--set``), applied."""
-    layered: dict[str, Any] = {}
-    if scale is not None:
-        from workbench.grid import load_scale, scale_overrides
-
-        s = load_scale(scale)
-        layered.update({**scale_overrides(s), "backend": s.backend})
-    layered.update(_listed(overrides))
-    return config.with_overrides(layered) if isinstance(config, RunConfig) else load_config(config, layered)
-
-
-def read_grid(path: str | Path | None) -> dict[str, Any]:
-    """The grid file written by ``start_grid`` (experiment and parent MLflow run), or {}."""
-    if not path:
-        return {}
-    try:
-        grid = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"no grid file at {path}; create it with `workbench grid-start --scale SCALE --out {path}`, or leave out --grid"
-        ) from None
-    except IsADirectoryError:
-        raise UserError(f"grid file {path} is a directory; pass the file `workbench grid-start --out` wrote") from None
-    except ValueError as e:
-        raise UserError(f"grid file {path} is unreadable ({e}); delete it and rerun `workbench grid-start`") from None
-    if not isinstance(grid, dict) or not {"experiment", "parent_run_id"} <= grid.keys():
-        raise UserError(f"grid file {path} lacks experiment/parent_run_id; delete it and rerun `workbench grid-start`")
-    return grid
-
-
-def start_grid(out: str | Path, *, experiment: str, scale: str) -> dict[str, Any]:
-    """Create the grid's parent MLflow run once; later calls return the recorded one."""
-    out = Path(out)
-    if out.exists():
-        return read_grid(out)
-    from workbench.tracking import Tracker
-
-    # The parent run's own directory keeps its tracking state beside the grid file.
-    with Tracker(
-        out.with_suffix(".parent"),
-        experiment=experiment,
-        run_name=f"grid-{scale}",
-        tags={"workbench.kind": "grid", "scale": scale},
-    ) as tracker:
-        grid = {"experiment": experiment, "parent_run_id": tracker.run_id, "scale": scale}
-    atomic_write_json(out, grid)
-    return grid
 
 
 def train_run(
@@ -165,13 +116,13 @@ def check_world(path: str | Path) -> None:
     if not (Path(path) / "manifest.json").is_file():
         raise UserError(
             f"no prepared world at {path} (no manifest.json); build it with "
-            f"`workbench prepare --scale SCALE --out {path}`, or pass --world"
+            f"`workbench prepare --preset PRESET --out {path}`, or pass --world"
         )
 
 
 def open_world(path: str | Path):
-    """The prepared world at ``path`` (``workbench.mini.trainer.World``), or a ``UserError``."""
-    from workbench.mini.trainer import World
+    """The prepared world at ``path`` (``workbench.mini.world.World``), or a ``UserError``."""
+    from workbench.mini.world import World
 
     check_world(path)
     return World.open(path)
@@ -288,7 +239,7 @@ def eval_model(
     # Every input is checked before the evaluation runs or anything is written.
     w = open_world(world)
     extra = {} if seed is None else {"seed": seed}
-    cfg = resolve_config(config if config else parse_config({}), scale=scale, overrides={**_listed(overrides), **extra})
+    cfg = resolve_config(config if config else parse_config({}), scale=scale, overrides={**listed_overrides(overrides), **extra})
     model_path = resolve_model(model, w.root, at_frac)
     g = read_grid(grid)
     out = Path(out)
@@ -300,7 +251,7 @@ def eval_model(
     result["label"] = name or model
     atomic_write_json(out, result)
     if g:
-        from workbench.mini.evaluate import eval_metrics
+        from workbench.algo.evaluation import eval_metrics
 
         log_eval_run(
             track_dir,
@@ -315,42 +266,6 @@ def eval_model(
     _print_eval(result)
     status(f"{what}: done, avg@{result['k']} {100 * result['avg_at_k']:.2f} ({out})")
     return result
-
-
-def log_eval_run(
-    track_dir: str | Path,
-    grid: Mapping[str, Any],
-    *,
-    label: str,
-    seed: int,
-    backend: str,
-    metrics: Mapping[str, float],
-    result: Mapping[str, Any],
-    config: Mapping[str, Any],
-    tracking_uri: str | None = None,
-) -> str:
-    """Log an evaluation-only model (``student-init``, ``teacher``, ``sgopd@90%``) as a child run
-    of the grid, with the tags the analysis reads (``run=<label>``, ``seed``,
-    ``workbench.kind=eval``, ``group=extra``, ``backend``); returns its MLflow run id.
-    ``track_dir`` keeps the run's tracking state; an evaluation is redone whole, so a
-    previous attempt's state is dropped and a fresh MLflow run made (the latest one wins)."""
-    from workbench.tracking import Tracker
-
-    shutil.rmtree(track_dir, ignore_errors=True)
-    tags = {"run": label, "seed": str(seed), "workbench.kind": "eval", "group": "extra", "backend": backend}
-    with Tracker(
-        track_dir,
-        experiment=grid["experiment"],
-        run_name=f"{label}-seed{seed}",
-        tags=tags,
-        config=config,
-        parent_run_id=grid["parent_run_id"],
-        tracking_uri=tracking_uri,
-    ) as tracker:
-        tracker.log_metrics(metrics, step=0)
-        tracker.commit(0)
-        tracker.log_dict(dict(result), "eval.json")
-    return tracker.run_id
 
 
 def _check_output(out: Path, track_dir: Path | None) -> None:
@@ -376,13 +291,6 @@ def _check_output(out: Path, track_dir: Path | None) -> None:
             )
 
 
-def _listed(overrides: Overrides) -> dict[str, Any]:
-    """``--set key=value`` strings or a mapping, as one dotted-key mapping."""
-    from workbench.config import split_override
-
-    return dict(overrides) if isinstance(overrides, Mapping) else dict(split_override(o) for o in overrides)
-
-
 def _evaluate(model_path: Path, world, cfg: RunConfig) -> dict:
     import torch
 
@@ -404,7 +312,7 @@ def _evaluate(model_path: Path, world, cfg: RunConfig) -> dict:
 
 
 def _log_eval(tracker, result: dict, step: int) -> None:
-    from workbench.mini.evaluate import eval_metrics
+    from workbench.algo.evaluation import eval_metrics
 
     tracker.log_metrics(eval_metrics(result), step=step)
     tracker.commit(step)

@@ -256,6 +256,53 @@ def test_sampling_reproducible_and_eos_truncation():
         assert PAD_ID not in o
 
 
+def _full_batch_generate(model, prompts, max_new, *, temperature=1.0, top_p=1.0, greedy=False, generator=None):
+    """The reference: every row decoded to the longest one, finished rows fed PAD (the
+    sampler before finished rows left the batch), one ``[B]`` draw per step."""
+    from workbench.mini.sampling import _cache_kwarg, _pick_tokens
+
+    B, P = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((B, P), PAD_ID, dtype=torch.long)
+    attn = torch.zeros((B, P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :], attn[i, P - len(p) :] = torch.tensor(p), 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    kw = _cache_kwarg(model)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    past, logits, next_pos = getattr(out, kw), out.logits[:, -1], pos[:, -1] + 1
+    done, rows = torch.zeros(B, dtype=torch.bool), []
+    for n in range(max_new):
+        tok = torch.where(done, PAD_ID, _pick_tokens(logits, temperature, top_p, greedy, generator))
+        rows.append(tok)
+        done = done | (tok == EOS_ID)
+        if bool(done.all()):
+            break
+        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None], use_cache=True, **{kw: past})
+        past, logits, next_pos = getattr(out, kw), out.logits[:, -1], next_pos + 1
+    gen = torch.stack(rows, 1).tolist()
+    return [r[: r.index(EOS_ID) + 1] if EOS_ID in r else r for r in gen]
+
+
+@pytest.mark.parametrize("size", ["smoke-teacher", "student"])
+@pytest.mark.parametrize("kw", [{"temperature": 1.0}, {"temperature": 0.7, "top_p": 0.9}, {"greedy": True}])
+@torch.no_grad()
+def test_finished_rows_leave_the_batch_without_changing_any_row(size, kw):
+    """``generate`` drops finished rows from the model's batch and KV cache; every row's
+    tokens, and the generator's state after the call, equal full-batch decoding."""
+    m = build_model(size, 3)
+    m.lm_head.weight[EOS_ID] *= 30  # EOS at widely varying steps: rows finish at different times
+    rng = random.Random(0)
+    prompts = [[BOS_ID] + [rng.randrange(3, VOCAB_SIZE) for _ in range(rng.randrange(3, 14))] for _ in range(96)]
+    g_new, g_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    new = generate(m, prompts, 48, generator=g_new, **kw)
+    ref = _full_batch_generate(m, prompts, 48, generator=g_ref, **kw)
+    lengths = sorted(len(r) for r in ref)
+    assert lengths[len(lengths) // 4] < lengths[-1] // 2  # the batch really thins out
+    assert new == ref
+    assert torch.equal(torch.rand(4, generator=g_new), torch.rand(4, generator=g_ref))
+
+
 def test_make_batch_labels_are_shifted_response():
     ids, labels = make_batch([([1, 5, 6], [7, 2]), ([1, 5], [8, 9, 2])])
     assert ids.tolist() == [[1, 5, 6, 7, 2], [1, 5, 8, 9, 2]]
@@ -382,8 +429,19 @@ class _NoCache(torch.nn.Module):
         self.inner = inner
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False, cache=None):
-        seq = input_ids if cache is None else torch.cat([cache, input_ids], dim=1)
+        seq = input_ids if cache is None else torch.cat([cache.seq, input_ids], dim=1)
         out = self.inner(seq)
         from types import SimpleNamespace
 
-        return SimpleNamespace(logits=out.logits, cache=seq)
+        return SimpleNamespace(logits=out.logits, cache=_SeqCache(seq))
+
+
+class _SeqCache:
+    """The part of transformers' ``Cache`` that ``generate`` uses: the past, and dropping
+    finished rows from it."""
+
+    def __init__(self, seq):
+        self.seq = seq
+
+    def batch_select_indices(self, indices):
+        self.seq = self.seq[indices]

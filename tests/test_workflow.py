@@ -69,6 +69,18 @@ def test_subsets_and_stage_dependencies(tmp_path):
     assert "runs/timesep-stage1/seed1/eval.json" in out
 
 
+def test_only_the_runs_a_figure_draws_evaluate_during_training(tmp_path):
+    """experiments/grid.yaml: Fig 6 draws accuracy over training for a few runs; every other
+    grid run is told to evaluate its final model only (a shorter grid, same training)."""
+    out = snakemake("-n", "-p", "--config", "scale=mini", "seeds=[0]", f"results={tmp_path}").stdout
+    commands = re.findall(r"-m workbench train experiments/runs/([\w.-]+)\.yaml .*", out)
+    assert sorted(commands) == G.run_ids()
+    for line in re.findall(r"-m workbench train experiments/runs/.*", out):
+        run = re.search(r"runs/([\w.-]+)\.yaml", line).group(1)
+        assert ("--set train.eval_every=0" not in line) == G.evaluates_during_training(run), run
+    assert {r for r in G.run_ids() if G.evaluates_during_training(r)} == {"opd", "exopd-1.25", "sgopd"}
+
+
 def test_bad_workflow_config_fails_before_any_job(tmp_path):
     r = snakemake("-n", "--config", "scale=smoke", "seeds=oops", f"results={tmp_path}", check=False)
     assert r.returncode != 0 and "seeds" in (r.stdout + r.stderr)
@@ -173,6 +185,11 @@ def check_smoke_outputs(results: Path, tracking_uri: str, runs: list[str], seeds
     assert {r.data.tags["run"] for r in children if r.data.tags.get("workbench.kind") == "eval"} == {
         G.EXTRA_EVALS[e] for e in G.extra_evals(runs)
     }
+    # Evaluations during training only for the runs the accuracy-over-training figure draws.
+    for r in children:
+        if r.data.tags.get("workbench.kind") != "eval":
+            points = client.get_metric_history(r.info.run_id, "eval/avg_at_k")
+            assert (len(points) > 1) == G.evaluates_during_training(r.data.tags["run"]), r.data.tags["run"]
 
 
 def test_smoke_subset_end_to_end_and_an_interrupted_workflow_resumes(tmp_path):

@@ -204,6 +204,15 @@ EXTRA_EVALS = {name: x.label for name, x in FACTS.extra_evals.items()}
 EXTRA_EVALS_FILES = tuple(EXTRA_EVALS)
 CLAIM_RUNS = FACTS.claims  # claim part (workbench.analysis.stats) -> the runs it compares
 FIGURE_RUNS = FACTS.figures  # figure (workbench.analysis.figures) -> the runs it draws
+# The one figure that reads benchmark accuracy during training (``eval/...`` history).
+OVER_TRAINING_FIGURE = "fig6_benchmarks_over_training"
+
+
+def evaluates_during_training(run: str) -> bool:
+    """Whether a grid run keeps its scale's evaluations during training: only the runs the
+    accuracy-over-training figure draws need them; every other run evaluates its final
+    model only (the evaluations never touch training's random streams)."""
+    return run in FIGURE_RUNS[OVER_TRAINING_FIGURE]
 
 
 def extra_evals(runs: list[str]) -> list[str]:

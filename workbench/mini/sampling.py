@@ -41,9 +41,12 @@ def generate(
         ``max_new_tokens`` long when no EOS came. No padding.
 
     Prompts are left-padded to a common length ``P`` (attention mask ``[B, P]``, explicit
-    position ids so padding does not shift RoPE positions); each step feeds ``[B, 1]``
-    new tokens with the growing mask. Finished rows keep feeding PAD (their output is
-    discarded) until all rows are done.
+    position ids so padding does not shift RoPE positions); each step feeds one new token
+    per unfinished row. Finished rows leave the model's batch (and the KV cache) at once:
+    rollout lengths vary widely, and decoding every row to the longest one wasted most of
+    the forwards. The random stream does not notice: every step still draws for all ``B``
+    rows (a finished row's draw is discarded), so a row's tokens do not depend on when the
+    others finish.
     """
     was_training = model.training
     model.eval()
@@ -63,25 +66,36 @@ def generate(
     cache_kw = _cache_kwarg(model)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
     past = getattr(out, cache_kw)
-    logits = out.logits[:, -1, :]
-    next_pos = pos[:, -1] + 1  # [B]
+    logits = out.logits[:, -1, :]  # [B, V]; rows of finished sequences go stale, unused
+    next_pos = pos[:, -1] + 1  # [A], A = the unfinished rows, ``active``
+    active = torch.arange(B, device=device)
 
     done = torch.zeros(B, dtype=torch.bool, device=device)
     gen = torch.empty((B, max_new_tokens), dtype=torch.long, device=device)
     n = 0
     for n in range(1, max_new_tokens + 1):
-        tok = _pick_tokens(logits, temperature, top_p, greedy, generator)  # [B]
+        tok = _pick_tokens(logits, temperature, top_p, greedy, generator)  # [B]: one draw per row
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         gen[:, n - 1] = tok
         done = done | (tok == eos_id)
         if bool(done.all()) or n == max_new_tokens:
             break
-        attn = torch.cat([attn, torch.ones((B, 1), dtype=attn.dtype, device=device)], dim=1)
+        still = ~done[active]
+        if not bool(still.all()):
+            keep = still.nonzero().squeeze(-1)
+            past.batch_select_indices(keep)
+            active, attn, next_pos = active[keep], attn[keep], next_pos[keep]
+        attn = torch.cat([attn, torch.ones((len(active), 1), dtype=attn.dtype, device=device)], dim=1)
         out = model(
-            input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos[:, None], use_cache=True, **{cache_kw: past}
+            input_ids=tok[active][:, None],
+            attention_mask=attn,
+            position_ids=next_pos[:, None],
+            use_cache=True,
+            **{cache_kw: past},
         )
         past = getattr(out, cache_kw)
-        logits = out.logits[:, -1, :]
+        logits = logits.clone()
+        logits[active] = out.logits[:, -1, :]
         next_pos = next_pos + 1
 
     if was_training:

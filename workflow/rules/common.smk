@@ -90,6 +90,11 @@ def train_run_dir(wildcards):
     return f"{R}/runs/{wildcards.run}/seed{wildcards.seed}"
 
 
+def train_evals(wildcards):
+    """Evaluations during training only for the runs a figure draws them for (grid.yaml)."""
+    return "" if G.evaluates_during_training(wildcards.run) else "--set train.eval_every=0"
+
+
 def eval_extra_run(wildcards):
     """A checkpoint's evaluation waits for its run (none for a prepared model)."""
     return G.extra_eval_inputs(wildcards.extra, f"{R}/runs", wildcards.seed)

@@ -27,9 +27,10 @@ rule train:
     threads: SCALE.threads
     params:
         run_dir=train_run_dir,
+        evals=train_evals,
     shell:
         "{STATUS} {WB} train {input.config} --run-dir {params.run_dir} --world {WORLD} --scale {SCALE.name} "
-        "--seed {wildcards.seed} --grid {input.grid} --threads {threads} 3>&2 > {log} 2>&1"
+        "--seed {wildcards.seed} --grid {input.grid} {params.evals} --threads {threads} 3>&2 > {log} 2>&1"
 
 
 rule eval_extra:

@@ -25,8 +25,6 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from workbench.errors import UserError
 from workbench.io import atomic_write_json
 from workbench.registry import UnknownNameError
@@ -111,12 +109,17 @@ def scale_overrides(scale: Scale) -> dict[str, Any]:
     return out
 
 
-def init_from(run: str, experiments: Path = EXPERIMENTS) -> str | None:
-    """The grid run whose checkpoint this run starts from (time-separated stage 2), if any."""
+def _run_train_section(run: str, experiments: Path) -> dict[str, Any]:
+    """The ``train:`` mapping a run's YAML lists (deviations from the defaults only)."""
     from workbench.config import read_yaml
 
     d = read_yaml(run_file(run, experiments), what="run config") or {}
-    return (d.get("train") or {}).get("init_from")
+    return d.get("train") or {}
+
+
+def init_from(run: str, experiments: Path = EXPERIMENTS) -> str | None:
+    """The grid run whose checkpoint this run starts from (time-separated stage 2), if any."""
+    return _run_train_section(run, experiments).get("init_from")
 
 
 def init_inputs(run: str, runs_root: str, seed: int | str) -> list[str]:
@@ -180,12 +183,13 @@ def load_facts(experiments: Path = EXPERIMENTS) -> GridFacts:
             raise bad(key, f"keys {sorted(x)}; valid: label and model, or label, run and at_frac")
         (run,) = ids(f"{key}.run", [x["run"]], runs)
         # the checkpoint exists only if the run keeps it (mini and verl alike)
-        train = (yaml.safe_load(run_file(run, experiments).read_text(encoding="utf-8")) or {}).get("train") or {}
-        if x["at_frac"] not in (train.get("keep_checkpoints_at") or ()):
+        if x["at_frac"] not in (_run_train_section(run, experiments).get("keep_checkpoints_at") or ()):
             raise bad(f"{key}.at_frac", f"{run}'s config keeps no checkpoint at {x['at_frac']} (train.keep_checkpoints_at)")
         return ExtraEval(name, str(x["label"]), run=run, at_frac=float(x["at_frac"]))
 
-    d = mapping("top level", yaml.safe_load(path.read_text(encoding="utf-8")))
+    from workbench.config import read_yaml
+
+    d = mapping("top level", read_yaml(path, what="grid facts"))
     if set(d) != {"extra_evals", "claims", "figures"}:
         raise bad("top level", f"keys {sorted(d)}; valid: extra_evals, claims, figures")
     extras = {name: extra(name, x) for name, x in mapping("extra_evals", d["extra_evals"]).items()}

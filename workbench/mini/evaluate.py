@@ -35,19 +35,9 @@ def evaluate(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out: dict = {"k": k, "n_samples": n_samples, "temperature": temperature, "top_p": top_p, "benchmarks": {}}
     for name, problems in benchmarks.items():
-        flat = [p for p in problems for _ in range(n_samples)]
-        correct: list[bool] = []
-        for s in range(0, len(flat), batch_size):
-            chunk = flat[s : s + batch_size]
-            outs = generate(
-                model,
-                [CODEC.encode_prompt(p.prompt) for p in chunk],
-                max_new_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                generator=gen,
-            )
-            correct += [verify(p, CODEC.decode(o)) for p, o in zip(chunk, outs)]
+        correct = _verified_samples(
+            model, problems, n_samples, max_new_tokens, temperature=temperature, top_p=top_p, generator=gen, batch_size=batch_size
+        )
         counts = [sum(correct[i * n_samples : (i + 1) * n_samples]) for i in range(len(problems))]
         out["benchmarks"][name] = {**A.benchmark_scores(counts, n_samples, k), "correct": counts}
     for key in ("avg_at_k", "pass_at_k"):
@@ -78,19 +68,39 @@ def evaluate_accuracy(
         k = 1
     max_new = max_new_tokens or max_response_tokens(problems)
     g = torch.Generator().manual_seed(seed)
-    flat = [p for p in problems for _ in range(k)]
-    correct = []
+    correct = _verified_samples(
+        model, problems, k, max_new, temperature=temperature, top_p=top_p, greedy=greedy, generator=g, batch_size=batch_size
+    )
+    per_problem = [sum(correct[i * k : (i + 1) * k]) / k for i in range(len(problems))]
+    return {"acc": sum(per_problem) / max(1, len(per_problem)), "per_problem": per_problem, "n": len(problems), "k": k}
+
+
+def _verified_samples(
+    model,
+    problems: Sequence[Problem],
+    n: int,
+    max_new_tokens: int,
+    *,
+    temperature: float,
+    top_p: float,
+    generator: torch.Generator,
+    batch_size: int,
+    greedy: bool = False,
+) -> list[bool]:
+    """``n`` samples per problem, decoded in batches of ``batch_size`` from one generator and
+    verified: ``[problem 0's n verdicts, problem 1's, ...]``."""
+    flat = [p for p in problems for _ in range(n)]
+    correct: list[bool] = []
     for s in range(0, len(flat), batch_size):
         chunk = flat[s : s + batch_size]
         outs = generate(
             model,
             [CODEC.encode_prompt(p.prompt) for p in chunk],
-            max_new,
+            max_new_tokens,
             temperature=temperature,
             top_p=top_p,
             greedy=greedy,
-            generator=g,
+            generator=generator,
         )
         correct += [verify(p, CODEC.decode(o)) for p, o in zip(chunk, outs)]
-    per_problem = [sum(correct[i * k : (i + 1) * k]) / k for i in range(len(problems))]
-    return {"acc": sum(per_problem) / max(1, len(per_problem)), "per_problem": per_problem, "n": len(problems), "k": k}
+    return correct

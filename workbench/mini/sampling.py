@@ -66,7 +66,7 @@ def generate(
     cache_kw = _cache_kwarg(model)
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
     past = getattr(out, cache_kw)
-    logits = out.logits[:, -1, :]  # [B, V]; rows of finished sequences go stale, unused
+    logits = out.logits[:, -1, :].clone()  # [B, V]; rows of finished sequences go stale, unused
     next_pos = pos[:, -1] + 1  # [A], A = the unfinished rows, ``active``
     active = torch.arange(B, device=device)
 
@@ -94,7 +94,6 @@ def generate(
             **{cache_kw: past},
         )
         past = getattr(out, cache_kw)
-        logits = logits.clone()
         logits[active] = out.logits[:, -1, :]
         next_pos = next_pos + 1
 

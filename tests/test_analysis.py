@@ -65,6 +65,7 @@ PAPER_TABLE3_ORDER = [
     "probe-two-level",
     "probe-grpo-fallback",
     "grpo",
+    "sft-equal-compute",
 ]
 
 

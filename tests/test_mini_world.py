@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -36,12 +37,12 @@ from workbench.registry import UnknownNameError
 
 
 def test_solution_worked_steps():
-    assert T.solve("37+42*6-5=") == "37+252-5;289-5;#284"
+    assert T.solve("37+42*6-5=") == "37+252-5;289-5;284;#284"
     # teacher order: leftmost product first; student order: rightmost product first
-    assert T.solve("3*4+5*6=") == "12+5*6;12+30;#42"
-    assert T.solve("3*4+5*6=", order="right") == "3*4+30;12+30;#42"
+    assert T.solve("3*4+5*6=") == "12+5*6;12+30;42;#42"
+    assert T.solve("3*4+5*6=", order="right") == "3*4+30;12+30;42;#42"
     # +/- strictly left to right in both orders (8-3+2 is 7, not 3)
-    assert T.solve("8-3+2=", order="right") == "5+2;#7"
+    assert T.solve("8-3+2=", order="right") == "5+2;7;#7"
     assert T.solve("5=") == "#5"
     assert T.evaluate("2*3*4-20+1=") == 5
 
@@ -49,7 +50,8 @@ def test_solution_worked_steps():
 @pytest.mark.parametrize(
     "response, ok",
     [
-        ("37+252-5;289-5;#284", True),  # reference solution
+        ("37+252-5;289-5;284;#284", True),  # reference solution
+        ("37+252-5;2!289-5;284;#284", True),  # a retracted slip
         ("#284", True),  # steps are not graded, only the answer
         ("1+1;#284", True),  # outcome reward only
         ("37+252-5;289-5;#285", False),  # wrong answer
@@ -97,11 +99,41 @@ def test_student_style_shortcuts_and_order_stay_correct():
         assert T.verify(p, text)  # shortcuts skip steps, never change the answer
         n_steps_ref += p.solution.count(";")
         n_steps_skip += text.count(";")
-    assert n_steps_skip < 0.6 * n_steps_ref  # skip=1 merges reductions pairwise
+    assert n_steps_skip <= 0.6 * n_steps_ref  # skip=1 merges reductions pairwise (5 -> 3)
     assert T.Style().render(probs[0], rng) == probs[0].solution  # teacher style = reference
     mixed = T.Style(order="right", order_p=0.5)
     outs = {mixed.render(T.Problem("x", "t", "3*4+5*6=", 42, 3, T.solve("3*4+5*6=")), rng) for _ in range(40)}
-    assert outs == {"12+5*6;12+30;#42", "3*4+30;12+30;#42"}  # both orders occur
+    assert outs == {"12+5*6;12+30;42;#42", "3*4+30;12+30;42;#42"}  # both orders occur
+
+
+def test_retracted_slips_are_wrong_masked_and_redone():
+    """``retract``: a step is written up to one wrong digit, retracted with ``!`` and redone
+    in full; deleting every retracted prefix gives back the reference, and the loss mask
+    drops exactly the wrong digits."""
+    rng = random.Random(3)
+    task = T.get_task("arith", seed=2, bench_size=40, val_size=8)
+    probs = [p for ps in task.benchmarks().values() for p in ps]
+    n_retracted = 0
+    for p in probs:
+        assert T.solve_masked(p.prompt) == (p.solution, [True] * len(p.solution))  # retract=0: the reference
+        text, mask = T.solve_masked(p.prompt, rng=rng, retract=0.5)
+        assert len(mask) == len(text) and T.verify(p, text)
+        assert re.sub(r"[^;!]*!", "", text) == p.solution
+        steps = re.findall(r"[^;!#]*[;!]", text)
+        for k, seg in enumerate(steps):
+            if seg.endswith("!"):
+                n_retracted += 1
+                redo = steps[k + 1]
+                # a prefix of the redone step with its last digit wrong
+                assert seg[:-2] == redo[: len(seg) - 2] and seg[-2] != redo[len(seg) - 2] and seg[-2].isdigit()
+        wrong = [i for i, m in enumerate(mask) if not m]
+        assert wrong == [i - 1 for i, c in enumerate(text) if c == "!"]  # only the slipped digit is masked
+    assert n_retracted > len(probs)  # about half of 2-6 steps per solution
+
+
+def test_make_batch_masks_retracted_slips():
+    ids, labels = make_batch([([1, 5], [7, 8, 2], [False, True, True])])
+    assert ids.tolist() == [[1, 5, 7, 8, 2]] and labels.tolist() == [[-100, -100, 8, 2, -100]]
 
 
 def test_intermediate_values_bounded():
@@ -185,14 +217,14 @@ def test_jsonl_roundtrip(tmp_path):
 
 def test_codec_roundtrip():
     text = "37+42*6-5="
-    resp = "37+252-5;289-5;#284"
+    resp = "37+252-5;28!289-5;284;#284"
     ids = CODEC.encode_prompt(text)
     assert ids[0] == BOS_ID and len(ids) == len(text) + 1
     r = CODEC.encode_response(resp)
     assert r[-1] == EOS_ID
     assert CODEC.decode(ids) == text  # BOS dropped
     assert CODEC.decode(r + [5, 6, PAD_ID]) == resp  # stops at EOS
-    assert VOCAB_SIZE == 20 and PAD_ID == 0
+    assert VOCAB_SIZE == 21 and PAD_ID == 0
     with pytest.raises(ValueError):
         CODEC.encode("12a")
 
@@ -219,7 +251,7 @@ def test_hf_tokenizer_roundtrip(tmp_path):
 def test_model_presets_sizes():
     t, s = build_model("teacher", 0), build_model("student", 0)
     assert 0.9e6 < count_params(t) < 1.2e6
-    assert 1e5 < count_params(s) < 2.5e5
+    assert 5e4 < count_params(s) < 2.5e5
     assert t.config.vocab_size == VOCAB_SIZE
     with pytest.raises(KeyError, match="valid"):
         build_model("huge", 0)

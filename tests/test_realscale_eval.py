@@ -67,6 +67,16 @@ def test_math_verify_grading_of_tricky_answers():
     assert not any(g.timed_out for g in grades)
 
 
+def test_hash_format_follows_the_mini_verifier():
+    # math-verify alone would read "#3!" as 3 factorial = 6; the mini task has no such answer
+    from workbench.backends.verl.grading import grade_answer
+    from workbench.mini.task import verify
+
+    cases = [("6;#6", "6"), ("5!6;#6", "6"), ("3*2;#3!", "6"), ("#6#6", "6"), ("6;# 6", "6"), ("6;", "6"), ("#-6", "-6")]
+    for response, gold in cases:
+        assert grade_answer(response, gold, "hash") == verify(int(gold), response), response
+
+
 def test_pathological_answer_is_cut_by_the_timeout_and_the_pool_goes_on():
     # sympy evaluates 9^(9^9) exactly: a ~150 MB integer, minutes of C-level arithmetic that
     # math-verify's own signal-based timeout cannot interrupt in a worker thread; this pool kills it.

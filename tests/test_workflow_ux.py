@@ -74,6 +74,7 @@ def test_publish_replaces_each_report_item_whole(tmp_path):
     (report / "tables").mkdir(parents=True)
     (report / "figures").mkdir()
     (report / "REPRODUCTION.md").write_text("# new report\n")
+    (report / "runs.csv").write_text("run,seed,method,metric,value\n")
     (report / "casestudy_sgopd.html").write_text("<html>new</html>\n")
     (report / "tables" / "table1.md").write_text("new table\n")
     (report / "figures" / "fig4_avg_bars.png").write_bytes(b"new figure")
@@ -83,6 +84,7 @@ def test_publish_replaces_each_report_item_whole(tmp_path):
     snakemake("--cores", "1", "--allowed-rules", "publish", "--", "results/mini/published/grid.done", cwd=clone)
     reports = clone / "reports"
     assert (reports / "REPRODUCTION.md").read_text() == "# new report\n"
+    assert (reports / "runs.csv").read_text() == "run,seed,method,metric,value\n"
     assert (reports / "casestudy_sgopd.html").read_text() == "<html>new</html>\n"
     assert sorted(p.name for p in (reports / "figures").iterdir()) == ["fig4_avg_bars.png"]
     assert sorted(p.name for p in (reports / "tables").iterdir()) == ["table1.md"]

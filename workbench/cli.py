@@ -256,7 +256,12 @@ def _report(args: argparse.Namespace) -> int:
     _output(args.out_dir, "--out-dir", directory=True)
     print(
         write_report(
-            runs, args.out_dir, make_figures=not args.reuse_figures, write_table_files=not args.reuse_tables, command=args.command
+            runs,
+            args.out_dir,
+            make_figures=not args.reuse_figures,
+            write_table_files=not args.reuse_tables,
+            command=args.command,
+            world_manifest=args.world_manifest,
         )
     )
     return 0
@@ -499,6 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--reuse-figures", action="store_true", help="link the figures already in OUT_DIR/figures")
     rp.add_argument("--reuse-tables", action="store_true", help="do not rewrite OUT_DIR/tables")
     rp.add_argument("--command", default=None, help="the command line to record (default: this one)")
+    rp.add_argument(
+        "--world-manifest",
+        default=None,
+        metavar="PATH",
+        help="the mini world's manifest.json, for the world-level premises (default: none, reported as not measured)",
+    )
     rp.set_defaults(handler=_report)
     cs = verbs.add_parser("casestudy", help="render rollouts' tokens coloured by consensus / conflict / neutral (HTML)")
     cs.add_argument("rollouts", help="a run's casestudy.json")

@@ -189,9 +189,10 @@ class RolloutConfig(_Section):
 
 class TrainConfig(_Section):
     steps: PosInt = 200
-    # The share of ``steps`` this run trains: the time-separated stages split one budget
-    # (stage 1 SFT 0.35, stage 2 0.65), so ``steps`` stays the grid's common budget.
-    steps_frac: OpenFraction = 1.0
+    # The share (or multiple) of ``steps`` this run trains, so that ``steps`` stays the
+    # grid's common budget: the time-separated stages split it (stage 1 SFT 0.35, stage 2
+    # 0.65); sft-equal-compute takes a multiple (OPD's compute on SFT steps).
+    steps_frac: PosFloat = 1.0
     checkpoint_every: PosInt = 50
     eval_every: NonNegInt = 0  # 0: evaluate the final checkpoint only
     keep_checkpoints_at: tuple[Fraction, ...] = ()  # extra checkpoints, as fractions of steps

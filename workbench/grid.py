@@ -9,7 +9,8 @@ Layout::
     experiments/scales/<scale>.yaml  per scale: world preset, default seeds, backend, and
                                      overrides applied to every run config
     experiments/grid.yaml            the evaluations without training (``EXTRA_EVALS``), the
-                                     runs the paper's claims compare (``CLAIM_RUNS``) and the
+                                     runs the paper's claims compare (``CLAIM_RUNS``), the
+                                     runs the world's premises read (``PREMISE_RUNS``) and the
                                      runs each figure draws (``FIGURE_RUNS``)
     config/config.yaml               the workflow's default config (scale, seeds, runs, ...)
 """
@@ -144,6 +145,7 @@ class ExtraEval:
 class GridFacts:
     extra_evals: dict[str, ExtraEval]
     claims: dict[str, tuple[str, ...]]  # claim part -> the runs it compares
+    premises: dict[str, tuple[str, ...]]  # premise -> the runs (or extra-eval labels) it reads
     figures: dict[str, tuple[str, ...]]  # figure -> the runs it draws
 
 
@@ -190,13 +192,14 @@ def load_facts(experiments: Path = EXPERIMENTS) -> GridFacts:
     from workbench.config import read_yaml
 
     d = mapping("top level", read_yaml(path, what="grid facts"))
-    if set(d) != {"extra_evals", "claims", "figures"}:
-        raise bad("top level", f"keys {sorted(d)}; valid: extra_evals, claims, figures")
+    if set(d) != {"extra_evals", "claims", "premises", "figures"}:
+        raise bad("top level", f"keys {sorted(d)}; valid: extra_evals, claims, premises, figures")
     extras = {name: extra(name, x) for name, x in mapping("extra_evals", d["extra_evals"]).items()}
     labels = [x.label for x in extras.values()]
     return GridFacts(
         extra_evals=extras,
         claims={k: ids(f"claims.{k}", v, runs) for k, v in mapping("claims", d["claims"]).items()},
+        premises={k: ids(f"premises.{k}", v, runs + labels) for k, v in mapping("premises", d["premises"]).items()},
         figures={k: ids(f"figures.{k}", v, runs + labels) for k, v in mapping("figures", d["figures"]).items()},
     )
 
@@ -207,6 +210,7 @@ FACTS = load_facts()
 EXTRA_EVALS = {name: x.label for name, x in FACTS.extra_evals.items()}
 EXTRA_EVALS_FILES = tuple(EXTRA_EVALS)
 CLAIM_RUNS = FACTS.claims  # claim part (workbench.analysis.stats) -> the runs it compares
+PREMISE_RUNS = FACTS.premises  # premise (workbench.analysis.premises) -> the runs it reads
 FIGURE_RUNS = FACTS.figures  # figure (workbench.analysis.figures) -> the runs it draws
 # The one figure that reads benchmark accuracy during training (``eval/...`` history).
 OVER_TRAINING_FIGURE = "fig6_benchmarks_over_training"

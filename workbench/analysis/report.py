@@ -7,7 +7,10 @@ paper's numbers beside the reproduced ones (also written as Markdown/LaTeX/CSV u
 relatively), and how it was produced: the command, the git commit of the analysis code and
 of the training runs, the machine (platform, CPUs, Python, torch), the date, the MLflow
 experiment, the seeds per run and the runs that were left out. A scale with a ``caveat``
-(``experiments/scales/smoke.yaml``: its numbers mean nothing) gets it at the top.
+(``experiments/scales/smoke.yaml``: its numbers mean nothing) gets it at the top. Right after
+the provenance: whether the miniature world meets the premises of the paper's regime
+(``workbench.analysis.premises``; world-level ones from the world's manifest). Beside the
+report, ``runs.csv``: every final evaluation metric, one row per run x seed x metric.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from workbench.analysis import premises as P
 from workbench.analysis import stats as S
 from workbench.analysis.figures import FIGURES, write_figures
 from workbench.analysis.paper import Paper, load_paper
@@ -28,6 +33,9 @@ from workbench.provenance import git_state
 from workbench.tracking import display_uri
 
 REPORT_NAME = "REPRODUCTION.md"
+RUNS_CSV = "runs.csv"
+RUNS_CSV_COLUMNS = ["run", "seed", "method", "metric", "value"]
+_EVAL_METRIC = re.compile(r"eval/(?:[^/]+/)?(?:avg|pass)_at_k")  # AVG and per-benchmark avg@k, pass@k
 CAPTIONS = {
     "fig4_avg_bars": "Fig. 4: AVG avg@k of the untrained student, OPD, ExOPD (lambda 1.25) and SG-OPD; "
     "bars are means over seeds, whiskers 95% bootstrap CIs, dots single seeds.",
@@ -52,8 +60,9 @@ def write_report(
     command: str | None = None,
     n_resamples: int = S.N_RESAMPLES,
     caveat: str | None = None,
+    world_manifest: str | Path | Mapping | None = None,
 ) -> Path:
-    """Write ``<out_dir>/REPRODUCTION.md`` (and its tables and figures); returns its path.
+    """Write ``<out_dir>/REPRODUCTION.md`` (and its tables, figures and ``runs.csv``); returns its path.
 
     Args:
         runs: a ``workbench.analysis.load.Runs``.
@@ -66,8 +75,11 @@ def write_report(
         n_resamples: bootstrap resamples for the claims.
         caveat: a warning printed at the top (default: the ``caveat`` of the experiment's scale,
             ``experiments/scales/<scale>.yaml``, for an experiment named ``sgopd-<scale>``).
+        world_manifest: the mini world's ``manifest.json`` (a path, or the dict) for the
+            world-level premises; None (a verl scale): they are reported as not measured.
     """
     paper = paper or load_paper()
+    manifest = P.read_manifest(world_manifest)  # first: a wrong path fails before any drawing
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fig_dir = Path(figures_dir) if figures_dir is not None else out / "figures"
@@ -78,6 +90,8 @@ def write_report(
         for t in tables:
             t.write(out / "tables")
     claims = S.evaluate_claims(runs, n_resamples=n_resamples)
+    premises = P.evaluate_premises(runs, manifest, paper=paper, n_resamples=n_resamples)
+    runs_table(runs).to_csv(out / RUNS_CSV, index=False)
     caveat = caveat if caveat is not None else scale_caveat(runs.experiment)
 
     lines = [
@@ -89,6 +103,10 @@ def write_report(
         "## Provenance",
         "",
         *_provenance(runs, command),
+        "",
+        "## Premises of the miniature world",
+        "",
+        *_premises_md(premises, manifest is not None),
         "",
         "## Statistics and verdict rule",
         "",
@@ -111,6 +129,7 @@ def write_report(
             ),
             "",
         ]
+    lines += [f"Every final evaluation metric, one row per run x seed x metric: [{RUNS_CSV}]({RUNS_CSV}).", ""]
     lines += ["## Figures", ""]
     for name in FIGURES:
         png = fig_dir / f"{name}.png"
@@ -223,6 +242,43 @@ def _claims_md(claims: Sequence[S.Claim]) -> list[str]:
             cells = [p.id, p.statement, p.statistic, p.estimate.fmt(3), p.region.describe(), f"**{p.verdict}**", seeds, p.note]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return out
+
+
+def _premises_md(premises: Sequence[P.Premise], have_manifest: bool) -> list[str]:
+    out = [
+        (
+            "The premises a world must meet to be in the paper's regime, with thresholds fixed before the world "
+            "was built (docs/mini-world.md, section The paper's regime; `workbench/analysis/premises.py`). "
+            "World-level ones come from the world's manifest (`workbench prepare`), the others from tracked "
+            "metrics; intervals as in the next section, the status from the threshold as stated."
+        ),
+        "",
+    ]
+    if not have_manifest:
+        out += ["No world manifest was given (e.g. a verl scale): the world-level premises are not measured.", ""]
+    out += ["| premise | threshold | measured | status |", "|---|---|---|---|"]
+    for p in premises:
+        cells = [f"{p.id}. {p.statement}", p.threshold, p.measured, f"**{p.status}**"]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return [*out, "", P.regime_sentence(premises)]
+
+
+def runs_table(runs):
+    """Every final ``eval/`` avg@k and pass@k (AVG and per benchmark) as a tidy frame:
+    ``RUNS_CSV_COLUMNS``, one row per run x seed x metric, sorted. The method is the run's
+    tag, else its config's (an extra evaluation), else its label."""
+    import pandas as pd
+
+    frame = runs.runs
+    metrics = sorted(c for c in frame.columns if c.startswith("metrics.") and _EVAL_METRIC.fullmatch(c[len("metrics.") :]))
+    rows = []
+    for r in frame.to_dict("records"):
+        method = next((m for m in (r.get("method"), r.get("params.method")) if isinstance(m, str) and m), r["run"])
+        for c in metrics:
+            if pd.notna(r[c]):
+                rows.append((r["run"], int(r["seed"]), method, c[len("metrics.") :], float(r[c])))
+    table = pd.DataFrame(rows, columns=RUNS_CSV_COLUMNS)
+    return table.sort_values(["run", "seed", "metric"], ignore_index=True)
 
 
 def _skipped(runs) -> list[str]:

@@ -57,7 +57,7 @@ def make_synthetic_grid(
     paper: Paper | None = None,
     rng_seed: int = 0,
 ) -> list[SyntheticRun]:
-    """A plausible grid: every Table 3 run (or ``runs``) x ``seeds``, plus the eval-only runs.
+    """A plausible grid: every Table 3 run (or ``runs``, any grid runs) x ``seeds``, plus the eval-only runs.
 
     Final per-benchmark avg@k = the paper's number + N(0, ``eval_noise``) per seed (runs the
     paper has no number for borrow OPD's); ``eval/avg_at_k`` is exactly their mean, as the
@@ -83,7 +83,12 @@ def make_synthetic_grid(
         # a prepared model is evaluated once; a run (or its checkpoint) once per seed
         for seed in seeds if kind == "train" or (name in EXTRAS and EXTRAS[name].run) else (0,):
             sr = SyntheticRun(
-                run=name, seed=seed, group=row.get("group", "eval"), kind=kind, method=_method(name), params=_params(name, steps)
+                run=name,
+                seed=seed,
+                group=row.get("group") or _group(name),
+                kind=kind,
+                method=_method(name),
+                params=_params(name, steps),
             )
             finals = [base[b.key] + rng.gauss(0, eval_noise) for b in paper.benchmarks]
             if kind == "train":
@@ -177,6 +182,12 @@ def _config(name: str):
     from workbench.config import load_config
 
     return load_config(G.run_file(name)) if name in G.run_ids() else None
+
+
+def _group(name: str) -> str:
+    """A grid run's group (Table 3 names it for the paper's runs); ``eval`` for the others."""
+    cfg = _config(name)
+    return (cfg.group if cfg else None) or "eval"
 
 
 def _method(name: str) -> str:

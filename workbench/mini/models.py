@@ -4,13 +4,13 @@ Real ``Qwen3ForCausalLM`` instances with toy dimensions and random init, so a mi
 checkpoint is saved / loaded exactly like a real one
 (``AutoModelForCausalLM.from_pretrained(dir)``) and the trainer needs no special path.
 
-Size presets (parameters with the 20-token vocabulary, tied embeddings):
+Size presets (parameters with the 21-token vocabulary, tied embeddings):
 
 =============  ======  =====  ======  =====  ========
 preset         hidden  layers heads   ffn    params
 =============  ======  =====  ======  =====  ========
 teacher        128     4      4x32    512    ~1.05M
-student        64      3      4x16    192    ~0.16M
+student        56      2      4x14    168    ~83K
 smoke-teacher  32      2      2x16    64     ~21K
 smoke-student  16      1      2x8     32     ~3K
 =============  ======  =====  ======  =====  ========
@@ -37,7 +37,7 @@ class ModelSize:
 
 SIZE_PRESETS: dict[str, ModelSize] = {
     "teacher": ModelSize(hidden=128, layers=4, heads=4, head_dim=32, ffn=512),
-    "student": ModelSize(hidden=64, layers=3, heads=4, head_dim=16, ffn=192),
+    "student": ModelSize(hidden=56, layers=2, heads=4, head_dim=14, ffn=168),
     "smoke-teacher": ModelSize(hidden=32, layers=2, heads=2, head_dim=16, ffn=64),
     "smoke-student": ModelSize(hidden=16, layers=1, heads=2, head_dim=8, ffn=32),
 }

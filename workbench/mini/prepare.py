@@ -24,19 +24,29 @@ from workbench.registry import UnknownNameError
 from workbench.status import duration, status
 
 from .evaluate import evaluate_accuracy
-from .models import build_model, count_params
+from .models import build_model, count_params, load_model
+from .premises import world_premises
 from .sampling import max_response_tokens
 from .sft import sft_train
 from .task import Problem, Style, get_task, write_jsonl
 from .tokenizer import CODEC, save_tokenizer
 from .world import PRESETS, WORLD_ENTRIES, WORLD_VERSION, config_hash, role_hash
 
+# The premises probe (docs/mini-world.md, "The paper's regime": P2b, P4b): training prompts
+# of the fresh training-distribution sample, and student samples per prompt.
+PREMISE_PROMPTS = 256
+PREMISE_SAMPLES = 8
 
-def _pairs(task, sources: Sequence[str], stream_seed: str, style: Style, seed: int) -> Iterator[tuple[list[int], list[int]]]:
-    """Endless ``(prompt_ids, response_ids)`` SFT pairs written in ``style``."""
+
+def _pairs(
+    task, sources: Sequence[str], stream_seed: str, style: Style, seed: int
+) -> Iterator[tuple[list[int], list[int], list[bool]]]:
+    """Endless ``(prompt_ids, response_ids, response_loss_mask)`` SFT examples written in
+    ``style`` (the mask drops a retracted slip's wrong number; EOS is trained on)."""
     rng = random.Random(f"pairs:{seed}:{stream_seed}")
     for p in task.stream(list(sources), stream_seed):
-        yield CODEC.encode_prompt(p.prompt), CODEC.encode_response(style.render(p, rng))
+        text, mask = style.render_masked(p, rng)
+        yield CODEC.encode_prompt(p.prompt), CODEC.encode_response(text), mask + [True]
 
 
 def _accuracy_report(
@@ -157,6 +167,18 @@ def prepare(
             if log:
                 log(role, models_info[role]["accuracy"], f"{train_s:.0f}s")
 
+        # A measurement of the two models, not config: outside the hash. Both are read back
+        # from disk, so a reused model and a freshly trained one give the same numbers.
+        say("prepare: probing the world's premises")
+        premises = world_premises(
+            load_model(tmp / "teacher"),
+            load_model(tmp / "student"),
+            train_eval,
+            prompts=min(PREMISE_PROMPTS, len(train_eval)),
+            samples=PREMISE_SAMPLES,
+            max_new_tokens=cfg.eval_max_new_tokens or max_response_tokens([p for ps in benches.values() for p in ps]),
+            seed=seed,
+        )
         manifest = {
             "world_version": WORLD_VERSION,
             "config_hash": h,
@@ -168,6 +190,7 @@ def prepare(
             },
             "sources": {n: s.description for n, s in task.sources.items()},
             "models": models_info,
+            "premises": premises,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "wall_seconds": round(time.time() - t_start, 1),

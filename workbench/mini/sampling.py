@@ -148,7 +148,7 @@ def generate_no_cache(model, prompt_ids: Sequence[int], max_new_tokens: int, eos
     return out
 
 
-def max_response_tokens(problems: Sequence[Problem], slack: int = 16) -> int:
+def max_response_tokens(problems: Sequence[Problem], slack: int = 32) -> int:
     """Token budget for responses: the longest reference solution plus slack (room for a
-    wandering student, bounded so that garbage terminates)."""
+    retraction or two and a wandering student, bounded so that garbage terminates)."""
     return max(len(p.solution) for p in problems) + 1 + slack

@@ -17,18 +17,21 @@ from .tokenizer import PAD_ID
 from .world import WorldSFT
 
 
-def make_batch(pairs: Sequence[tuple[list[int], list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[(prompt_ids, response_ids)]`` -> ``input_ids [B, T]`` right-padded, ``labels [B, T]``
-    (already shifted: ``labels[:, t]`` is the target of position ``t``; -100 outside the
-    response)."""
-    T = max(len(p) + len(r) for p, r in pairs)
+def make_batch(pairs: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(prompt_ids, response_ids[, response_loss_mask])]`` -> ``input_ids [B, T]``
+    right-padded, ``labels [B, T]`` (already shifted: ``labels[:, t]`` is the target of
+    position ``t``; -100 outside the response and where the mask is False)."""
+    T = max(len(pr[0]) + len(pr[1]) for pr in pairs)
     ids = torch.full((len(pairs), T), PAD_ID, dtype=torch.long)
     labels = torch.full((len(pairs), T), -100, dtype=torch.long)
-    for i, (p, r) in enumerate(pairs):
+    for i, (p, r, *m) in enumerate(pairs):
         seq = p + r
         ids[i, : len(seq)] = torch.as_tensor(seq)
-        # position t predicts seq[t+1]; supervise only the response tokens
-        labels[i, len(p) - 1 : len(seq) - 1] = torch.as_tensor(r)
+        # position t predicts seq[t+1]; supervise only the (unmasked) response tokens
+        target = torch.as_tensor(r)
+        if m:
+            target = target.masked_fill(~torch.as_tensor(m[0], dtype=torch.bool), -100)
+        labels[i, len(p) - 1 : len(seq) - 1] = target
     return ids, labels
 
 
@@ -41,7 +44,7 @@ def sft_loss(model, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def sft_train(
     model,
-    pairs_iter: Iterator[tuple[list[int], list[int]]],
+    pairs_iter: Iterator[tuple],
     cfg: WorldSFT,
     seed: int,
     log=None,

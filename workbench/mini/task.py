@@ -6,7 +6,7 @@ step ends with ``;``) and gives the final answer after the marker ``#`` (the ana
 ``\\boxed{}``)::
 
     prompt    37+4*6-5=
-    response  37+24-5;61-5;#56
+    response  37+24-5;61-5;56;#56
 
 Why this shape (see docs/mini-world.md): every step is a small local computation, so a tiny
 model can learn it, but a 5-operator chain needs 4 correct rewrites plus the answer, so
@@ -14,10 +14,16 @@ early slips compound (exposure bias); the last rewrite state is always explicit,
 teacher can score a student's step given the student's own (possibly wrong) history.
 
 Solutions have a *style* (:class:`Style`). The teacher's canonical style reduces the
-leftmost pending multiplication first and one operation per step. The student's own
-"pre-training" style mostly reduces the rightmost multiplication first (equally correct:
-the verifier is indifferent, the teacher is not, a source of conflict tokens) and often
-takes shortcuts (two operations in one step), which a small model gets wrong more often.
+leftmost pending multiplication first, one operation per step, and in some steps first
+writes a wrong digit, retracts it with ``!`` and redoes the step (the wrong digit masked
+from its loss: it learns to notice a slip and fix it, never to slip)::
+
+    response  37+24-5;62!61-5;56;#56
+
+The student's "pre-training" style uses the same format, retracts rarely, and in a few
+solutions reduces the rightmost multiplication first (equally correct: the verifier is
+indifferent, the teacher is not, a source of conflict tokens). Older knobs (``skip``:
+two-operation shortcuts; ``noise``: unretracted slips) stay for world designs that use them.
 
 Everything is deterministic from a seed (``random.Random`` seeded with a string, which is
 stable across processes and Python versions).
@@ -34,6 +40,7 @@ from pathlib import Path
 OPS = ("+", "-", "*")
 ANSWER_MARK = "#"
 STEP_END = ";"
+RETRACT = "!"  # "the step just written is wrong": the next step redoes it from the same state
 PROMPT_END = "="
 #: Default bound on every value (operands and intermediate results, rejection sampling):
 #: no signs and at most two digits, so that every step is small arithmetic a tiny model
@@ -128,19 +135,46 @@ def trajectory(nums: Sequence[int], ops: Sequence[str], order: str = "left") -> 
     return states
 
 
-def solve(prompt: str, order: str = "left", noise: float = 0.0, rng: random.Random | None = None, skip: float = 0.0) -> str:
-    """Worked-step response for ``prompt`` (the exact reference when ``noise = skip = 0``).
+def solve(
+    prompt: str,
+    order: str = "left",
+    noise: float = 0.0,
+    rng: random.Random | None = None,
+    skip: float = 0.0,
+    retract: float = 0.0,
+) -> str:
+    """Worked-step response for ``prompt`` (the exact reference when ``noise = skip =
+    retract = 0``); style knobs: :func:`solve_masked`."""
+    return solve_masked(prompt, order, noise, rng, skip, retract)[0]
 
-    Style knobs (used for the student's pre-training data only; need ``rng``):
+
+def solve_masked(
+    prompt: str,
+    order: str = "left",
+    noise: float = 0.0,
+    rng: random.Random | None = None,
+    skip: float = 0.0,
+    retract: float = 0.0,
+) -> tuple[str, list[bool]]:
+    """Worked-step response and its loss mask (``mask[i]``: train on character ``i``).
+
+    Every reduction is a step ending in ``;`` (the last one writes the final value), and the
+    answer copies it after ``#``: ``37+24-5;61-5;56;#56``. Style knobs (SFT data of the
+    world's models; need ``rng``):
 
     * ``skip``: each written step, with this probability, merges the next reduction too
       (a shortcut: two operations in one step, harder to get right for a small model);
     * ``noise``: each reduction, with this probability, writes a slightly wrong value (off
       by a small amount, never negative) and the chain continues consistently from it,
-      like a sloppy but self-consistent solver.
+      like a sloppy but self-consistent solver;
+    * ``retract``: each step, with this probability, first slips: it is written up to one
+      wrong digit (usually in the value just computed), retracted at once with ``!``, and
+      written again in full from the same state: ``37+24-5;62!61-5;``. The wrong digit is
+      masked out of the loss, so a model trained on this learns to notice a digit that
+      is not the one it would have written and to redo the step, never to slip.
     """
     nums, ops = parse_expression(prompt)
-    steps: list[str] = []
+    steps: list[tuple[list[int], list[str], int]] = []  # state after the step, index of its new value
     while ops:
         n_reductions = 2 if (skip > 0.0 and rng is not None and len(ops) >= 2 and rng.random() < skip) else 1
         for _ in range(n_reductions):
@@ -148,9 +182,31 @@ def solve(prompt: str, order: str = "left", noise: float = 0.0, rng: random.Rand
             nums, ops = reduce_once(nums, ops, order)
             if noise > 0.0 and rng is not None and rng.random() < noise:
                 nums[i] = max(0, nums[i] + rng.choice((-10, -2, -1, 1, 2, 10)))
-        steps.append(render(nums, ops))
-    final = steps.pop() if steps else render(nums, ops)
-    return "".join(s + STEP_END for s in steps) + ANSWER_MARK + final
+        steps.append((list(nums), list(ops), i))
+    text: list[str] = []
+    mask: list[bool] = []
+    for n, o, i in steps:
+        step = render(n, o) + STEP_END
+        if retract > 0.0 and rng is not None and rng.random() < retract:
+            at, wrong = _slip(n, i, rng)
+            text += [step[:at], wrong, RETRACT]
+            mask += [True] * at + [False, True]
+        text.append(step)
+        mask += [True] * len(step)
+    answer = ANSWER_MARK + str(nums[0])
+    return "".join(text) + answer, mask + [True] * len(answer)
+
+
+def _slip(nums: list[int], i: int, rng: random.Random) -> tuple[int, str]:
+    """Where a slip goes in the step ``render(nums, ops)`` and the wrong digit written there:
+    a digit of the value just computed (index ``i``) in 3 of 4 cases, else of another,
+    copied number; never a leading zero."""
+    j = i if len(nums) == 1 or rng.random() < 0.75 else rng.choice([k for k in range(len(nums)) if k != i])
+    start = sum(len(str(v)) + 1 for v in nums[:j])  # each earlier number and its operator
+    digits = str(nums[j])
+    d = rng.randrange(len(digits))
+    choices = [c for c in "0123456789" if c != digits[d] and not (c == "0" and d == 0 and len(digits) > 1)]
+    return start + d, rng.choice(choices)
 
 
 @dataclass(frozen=True)
@@ -158,19 +214,25 @@ class Style:
     """How a solver writes its solutions (what a model's SFT data looks like).
 
     ``order_p``: probability that a solution uses ``order`` (else the canonical ``"left"``);
-    ``skip`` / ``noise``: see :func:`solve`. The default is the teacher's canonical style.
+    ``skip`` / ``noise`` / ``retract``: see :func:`solve_masked`. The default is the canonical
+    reference solution.
     """
 
     order: str = "left"
     order_p: float = 1.0
     skip: float = 0.0
     noise: float = 0.0
+    retract: float = 0.0
 
     def render(self, problem: Problem, rng: random.Random) -> str:
-        if self.order == "left" and self.skip == 0.0 and self.noise == 0.0:
-            return problem.solution
+        return self.render_masked(problem, rng)[0]
+
+    def render_masked(self, problem: Problem, rng: random.Random) -> tuple[str, list[bool]]:
+        """A solution in this style and its loss mask (see :func:`solve_masked`)."""
+        if self.order == "left" and self.skip == 0.0 and self.noise == 0.0 and self.retract == 0.0:
+            return problem.solution, [True] * len(problem.solution)
         order = self.order if rng.random() < self.order_p else "left"
-        return solve(problem.prompt, order, self.noise, rng, self.skip)
+        return solve_masked(problem.prompt, order, self.noise, rng, self.skip, self.retract)
 
 
 def evaluate(prompt: str) -> int:

@@ -1,7 +1,8 @@
 """Character-level tokenizer of the miniature world, shared by student and teacher.
 
 One token per character of the task alphabet (digits, ``+ - *``, ``=`` ending the prompt,
-``;`` ending a worked step, ``#`` introducing the final answer) plus four specials.
+``;`` ending a worked step, ``#`` introducing the final answer, ``!`` retracting the step
+just written) plus four specials.
 Two faces of the same vocabulary:
 
 * :func:`build_hf_tokenizer` / :func:`save_tokenizer`: a Hugging Face
@@ -20,7 +21,7 @@ from pathlib import Path
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
-ALPHABET = "0123456789+-*=;#"
+ALPHABET = "0123456789+-*=;#!"  # appended last: earlier ids never move
 
 #: token -> id; specials first so that PAD is 0.
 VOCAB: dict[str, int] = {tok: i for i, tok in enumerate(SPECIALS + tuple(ALPHABET))}

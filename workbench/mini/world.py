@@ -15,9 +15,11 @@ A world directory (built by ``workbench.mini.prepare.prepare``)::
       teacher_data/             the trainer's cache of teacher responses for the SFT family
 
 The teacher is SFT'd on its canonical solutions (leftmost multiplication first, one
-operation per step); the student is a smaller model SFT'd on its *own* style (mostly the
-other order, frequent two-operation shortcuts): a weak student whose trajectories differ
-from the teacher's at cold start. Design notes and measurements: docs/mini-world.md.
+operation per step) in which some steps are first written with a slip, retracted with ``!``
+and redone (the slip masked from the loss); the student is a smaller model SFT'd in the
+same format, retracting rarely and sometimes using the other legal order: a student
+weaker in capability, whose slips the teacher knows how to retract. Design notes,
+premises and measurements: docs/mini-world.md.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from .models import load_model
 from .sampling import max_response_tokens
 from .task import Problem, Style, read_jsonl
 
-WORLD_VERSION = 1  # bump when data generation or training semantics change
+WORLD_VERSION = 2  # bump when data generation or training semantics change
 
 # What a world directory holds (the layout above): prepare replaces a directory only if it
 # holds a world and nothing else.
@@ -44,10 +46,14 @@ WORLD_ENTRIES = {"manifest.json", "data", "tokenizer", "teacher", "student", "te
 # configuration
 
 
-#: canonical: leftmost product first, one operation per step
-TEACHER_STYLE = Style()
-#: the student's own "pre-training" style: mostly the other order, frequent shortcuts
-STUDENT_STYLE = Style(order="right", order_p=0.75, skip=0.4)
+#: canonical order (leftmost product first, one operation per step); one step in five is
+#: first written with a slip and retracted (the slip masked from the loss): the teacher
+#: learns to notice a wrong step and redo it
+TEACHER_STYLE = Style(retract=0.2)
+#: the student's "pre-training": the same format, rare retractions (it knows the token but
+#: seldom uses it), and the other legal order in a few solutions (correct tokens the teacher
+#: dislikes); its deficit is capability (a smaller model, ``models.SIZE_PRESETS``)
+STUDENT_STYLE = Style(order="right", order_p=0.15, retract=0.03)
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,9 @@ class WorldConfig:
     pool_size: int = 4000  # RL prompts per training source
     teacher_size: str = "teacher"
     student_size: str = "student"
-    teacher_sft: WorldSFT = WorldSFT(steps=1400, batch_size=128, lr=3e-3, warmup=50)
-    # the student is small and cheap: 4000 short steps (~2 min) teach it single-step
-    # arithmetic, but its own style (shortcuts, other order) keeps it weak
+    teacher_sft: WorldSFT = WorldSFT(steps=1600, batch_size=128, lr=3e-3, warmup=50)
+    # the student is small and cheap (~6 min): trained as long as the capable students of
+    # the design log, so its size, not its training, sets its level
     student_sft: WorldSFT = WorldSFT(steps=4000, batch_size=64, lr=3e-3, warmup=50)
     teacher_style: Style = TEACHER_STYLE
     student_style: Style = STUDENT_STYLE

@@ -42,6 +42,12 @@ def report_files():
     return [f"{REPORT}/REPRODUCTION.md"] + ([f"{REPORT}/casestudy_sgopd.html"] if "sgopd" in RUNS and BACKEND == "mini" else [])
 
 
+def report_world():
+    """The world's manifest, for the report's world-level premises (docs/mini-world.md): the
+    mini backend's prepared world only (a verl scale's models are no such world)."""
+    return [f"{WORLD}/manifest.json"] if BACKEND == "mini" else []
+
+
 def final_targets():
     """`all`: the report; the complete default mini grid's is also published to reports/."""
     return [f"{R}/published/grid.done"] if BACKEND == "mini" and PUBLISH and FULL_GRID else report_files()

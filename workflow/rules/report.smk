@@ -1,6 +1,7 @@
 # The grid's tracking and its report, for both backends: the grid's parent MLflow run that
 # every job logs under (grid_start), then collect -> tables, figures -> report, the SG-OPD
-# case study, and the copy of the complete mini grid's report to the committed reports/.
+# case study, and the copy of the complete mini grid's report (and its runs.csv) to the
+# committed reports/.
 
 
 rule grid_start:
@@ -52,15 +53,18 @@ rule report:
     input:
         tables=rules.tables.output,
         figures=rules.figures.output,
+        world=report_world(),
     output:
-        f"{REPORT}/REPRODUCTION.md",
+        report=f"{REPORT}/REPRODUCTION.md",
+        runs=f"{REPORT}/runs.csv",
     log:
         f"{R}/logs/report.log",
     params:
         command=provenance(),
+        world=" ".join(f"--world-manifest {m}" for m in report_world()),
     shell:
         "{WB} report --collected {R}/collect --out-dir {REPORT} --reuse-figures --reuse-tables "
-        "--command '{params.command}' > {log} 2>&1"
+        "{params.world} --command '{params.command}' > {log} 2>&1"
 
 
 rule casestudy:
@@ -80,6 +84,7 @@ rule casestudy:
 rule publish:
     input:
         report_files(),
+        f"{REPORT}/runs.csv",
     output:
         touch(f"{R}/published/grid.done"),
     localrule: True

@@ -9,8 +9,9 @@ kills the worker, records the answer as wrong (``timed_out``), and starts a fres
 ``answer_format``:
 - ``boxed`` (real benchmarks): math-verify extracts the final answer from the response
   (``\\boxed{}`` first, then a trailing expression) and compares it with the gold answer;
-- ``hash`` (the miniature world): the answer is the text after the last ``#``; it is
-  wrapped in ``\\boxed{}`` and graded the same way.
+- ``hash`` (the miniature world): the mini verifier's rule, exactly one ``#`` followed by
+  nothing but digits (so ``#3!`` is no answer, not 3 factorial); the digits are wrapped
+  in ``\\boxed{}`` and graded the same way.
 """
 
 from __future__ import annotations
@@ -56,9 +57,8 @@ def last_boxed(text: str) -> str | None:
 def _prediction(response: str, answer_format: str) -> str:
     """The text math-verify parses: the final answer, where the format says what final means."""
     if answer_format == "hash":
-        if "#" not in response:
-            return ""
-        return f"\\boxed{{{response.rsplit('#', 1)[1].strip()}}}"
+        answer = response.split("#", 1)[1].strip() if response.count("#") == 1 else ""
+        return f"\\boxed{{{answer}}}" if answer.isdigit() else ""
     # Several boxed answers (a model correcting itself): the last one is the final answer.
     # Nested boxes unwrap to the innermost through math-verify.
     boxed = last_boxed(response)

@@ -18,7 +18,7 @@ torch.set_num_threads(2)
 from workbench.mini import task as T
 from workbench.mini.evaluate import evaluate_accuracy
 from workbench.mini.models import build_model, count_params
-from workbench.mini.prepare import prepare
+from workbench.mini.prepare import WORLD_THREADS, prepare
 from workbench.mini.sampling import generate, generate_no_cache
 from workbench.mini.sft import make_batch
 from workbench.mini.tokenizer import (
@@ -401,7 +401,23 @@ def test_prepare_reuses_cache_and_rebuilds_on_change(mini_smoke):
 
 def test_prepare_deterministic(mini_smoke, tmp_path):
     out, man = mini_smoke
-    man2 = prepare(tmp_path / "w2", seed=0, preset="smoke")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the build runs at WORLD_THREADS whatever the caller's setting
+    try:
+        man2 = prepare(tmp_path / "w2", seed=0, preset="smoke")
+        assert torch.get_num_threads() == 1  # and gives the caller's setting back
+    finally:
+        torch.set_num_threads(before)
+    assert man2["threads"] == man["threads"] == WORLD_THREADS
+    torch.set_num_threads(2)
+    try:
+        prepare(tmp_path / "w3", seed=0, preset="smoke")
+    finally:
+        torch.set_num_threads(before)
+    for role in ("teacher", "student"):  # (the fixture's world was rebuilt by an earlier test)
+        assert (tmp_path / "w2" / role / "model.safetensors").read_bytes() == (
+            tmp_path / "w3" / role / "model.safetensors"
+        ).read_bytes()
     assert man2["config_hash"] == man["config_hash"]
     for role in ("teacher", "student"):
         assert man2["models"][role]["sft_log"][-1]["loss"] == man["models"][role]["sft_log"][-1]["loss"]

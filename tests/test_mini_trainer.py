@@ -19,7 +19,7 @@ import mlflow
 import pytest
 import torch
 
-from workbench.config import load_config
+from workbench.config import ADAM_BETAS, load_config
 from workbench.methods import METHODS
 from workbench.mini.runs import train_run
 from workbench.tracking import load_history
@@ -99,6 +99,10 @@ def test_every_grid_run_trains_and_evaluates(run, smoke_world, tmp_path_factory,
     assert mrun.data.tags["method"] == cfg.method and mrun.data.tags["run"] == run
     assert [m.step for m in client.get_metric_history(mrun.info.run_id, "train/loss")] == steps
     assert (run_dir / "final" / "config.json").exists()
+    # One optimiser setting for every method (verl's side: test_verl_config).
+    [ckpt, *_] = sorted((run_dir / "checkpoints").glob("step-*"), reverse=True)
+    groups = torch.load(ckpt / "optimizer.pt", weights_only=True)["param_groups"]
+    assert {tuple(g["betas"]) for g in groups} == {ADAM_BETAS}
     # A rerun of a finished run changes nothing.
     assert train_run(RUNS / f"{run}.yaml", run_dir=run_dir, world=smoke_world, overrides=overrides) == result
 

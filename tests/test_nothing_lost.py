@@ -265,20 +265,21 @@ def test_many_stops_during_mlflow_calls(tmp_path):
 
 def _stop_training(run_dir: Path, world: Path, env: dict, delay: float, sig: int) -> tuple[int, str]:
     """Start a smoke training run, send ``sig`` ``delay`` s after its MLflow run exists, and
-    return its exit status and stderr once it ends (which must be within seconds)."""
+    return its exit status and stderr once it ends (which must be within seconds, not minutes)."""
     proc = subprocess.Popen(_train_cmd(run_dir, world), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline and not (run_dir / "tracking.json").exists():
         time.sleep(0.01)
     time.sleep(delay)
     proc.send_signal(sig)
-    t0 = time.time()
+    # The bug this guards against held a stopped run for minutes. A stop may wait for a few
+    # attempts on a store busy with the other run, and on a loaded CI machine that took 10.5 s
+    # once (36 stops on an idle one all ended well within 10 s): the bound is for minutes.
     try:
-        _, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=45)
     except subprocess.TimeoutExpired:
         proc.kill()
-        return -999, f"did not end within 15 s of {signal.Signals(sig).name}: {proc.communicate()[1][-2000:]}"
-    assert time.time() - t0 < 10, f"{run_dir.name}: {time.time() - t0:.1f} s to end after the stop"
+        return -999, f"did not end within 45 s of {signal.Signals(sig).name}: {proc.communicate()[1][-2000:]}"
     return proc.returncode, err
 
 

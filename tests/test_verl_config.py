@@ -349,6 +349,20 @@ def test_verl_check_composes_the_overrides_into_verl_config():
     assert not res.ok and "divide" in " ".join(res.errors)
 
 
+def test_verl_gets_the_mini_trainers_adamw_betas():
+    """verl's actor and SFT trainer use the betas of the mini trainer (issue #12: one
+    optimiser setting everywhere), whatever verl's own default (mini's side:
+    test_every_grid_run_trains_and_evaluates)."""
+    pytest.importorskip("verl")
+    from omegaconf import OmegaConf
+
+    from workbench.backends.verl.check import compose
+    from workbench.config import ADAM_BETAS
+
+    for run, key in (("sgopd", "actor_rollout_ref.actor.optim.betas"), ("seqkd", "optim.betas")):
+        assert tuple(OmegaConf.select(compose(job(run)), key)) == ADAM_BETAS, run
+
+
 def test_adding_the_verbs_imports_neither_verl_nor_torch():
     import subprocess
     import sys

@@ -160,8 +160,16 @@ class GKDConfig(_Section):
     beta: Fraction = 0.5
 
 
+#: AdamW's betas for every method of both backends (the mini trainer; verl's actor and SFT
+#: trainer, whose default they are): one setting, so no method differs from another by its
+#: optimiser. Building a miniature world (workbench/mini/sft.py) is the models' pre-training,
+#: not a method under test, and keeps (0.9, 0.98) for its from-scratch runs at a large lr.
+ADAM_BETAS = (0.9, 0.999)
+
+
 class OptimConfig(_Section):
-    """Optimiser and the PPO-clip token loss (docs/algorithm.md section 5)."""
+    """Optimiser (AdamW, betas :data:`ADAM_BETAS`) and the PPO-clip token loss
+    (docs/algorithm.md section 5)."""
 
     lr: PosFloat = 1e-3
     warmup_steps: NonNegInt = 0

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 import transformers
 
 import workbench.algo as A
-from workbench.config import RunConfig
+from workbench.config import ADAM_BETAS, RunConfig
 from workbench.io import atomic_dir, atomic_write_text, move_aside
 from workbench.methods import METHODS, Method
 from workbench.mini.evaluate import evaluate
@@ -520,7 +520,7 @@ def train(
     start, student, opt_state = load_checkpoint(run_dir)
     student = (student if student is not None else load_model(init_path)).to(device)
     ref = load_model(init_path).to(device).requires_grad_(False) if cfg.needs_reference() else None
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.optim.lr, betas=ADAM_BETAS, weight_decay=cfg.optim.weight_decay)
     if opt_state is not None:
         opt.load_state_dict(opt_state)  # moves the state to the parameters' device
     if tracker is not None:

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from workbench.config import ConfigError, RunConfig
+from workbench.config import ADAM_BETAS, ConfigError, RunConfig
 from workbench.methods import METHODS
 
 SCALES_DIR = Path(__file__).parent / "scales"
@@ -448,6 +448,7 @@ def _ppo_job(cfg: RunConfig, scale: VerlScale, seed: int, run_id: str, paths: Ru
         f"actor_rollout_ref.actor.optim.lr={_v(o.lr)}",
         f"actor_rollout_ref.actor.optim.lr_warmup_steps_ratio={_v(o.warmup_steps_ratio)}",
         f"actor_rollout_ref.actor.optim.weight_decay={_v(o.weight_decay)}",
+        f"actor_rollout_ref.actor.optim.betas={_v(ADAM_BETAS)}",
         f"actor_rollout_ref.actor.optim.clip_grad={_v(o.grad_clip)}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={P}",
         "actor_rollout_ref.actor.ppo_epochs=1",
@@ -601,6 +602,7 @@ def _sft_job(cfg: RunConfig, scale: VerlScale, seed: int, run_id: str, paths: Ru
         "model.use_remove_padding=true",
         f"optim.lr={_v(sft.lr)}",
         f"optim.weight_decay={_v(scale.optim.weight_decay)}",
+        f"optim.betas={_v(ADAM_BETAS)}",
         f"optim.clip_grad={_v(scale.optim.grad_clip)}",
         f"optim.lr_warmup_steps_ratio={_v(scale.optim.warmup_steps_ratio)}",
         *_common_trainer(scale, run_id, seed, paths, experiment, steps),

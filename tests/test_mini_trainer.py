@@ -418,3 +418,29 @@ def test_each_method_feeds_its_own_advantage_and_weights_to_its_loss(run, smoke_
             assert bool((s[mask] > 0).any()) and bool((s[mask] < 0).any())
             assert cfg.stability.mode == "phi"
     assert contrast, "the fake verifier gave no group a contrast: the check would be weak"
+
+
+@pytest.mark.parametrize("run", ["timesep-stage1", "sft"])
+def test_time_separated_stage1_uses_pts_teacher_data_as_pts_does(run, smoke_world, monkeypatch):
+    """Stage 1 takes its responses in order, as many a step as an active PTS step anchors on
+    (about one pass over PTS's teacher data, issue #12); the pool budget draws P * G a step."""
+    import workbench.algo as A
+    from workbench.methods import METHODS
+    from workbench.mini import trainer
+    from workbench.mini.models import load_model
+
+    cfg = load_config(RUNS / f"{run}.yaml", ["rollout.prompts_per_step=16", "rollout.group_size=4"])
+    data = [([1, 2], [4 + i % 10, 2]) for i in range(9)]
+    model = load_model(Path(smoke_world) / "student")
+    setup = trainer.Setup(cfg, METHODS.get(cfg.method), "cpu", model, model, None, [], data, 8)
+    batches = []
+    real_pack = trainer.pack
+    monkeypatch.setattr(trainer, "pack", lambda p, r, d: batches.append(r) or real_pack(p, r, d))
+    for step in range(4):
+        trainer.sft_step(setup, step, torch.Generator())
+    if run == "timesep-stage1":
+        b = A.pts_prompts_per_step(16, cfg.pts.teacher_sampling_ratio)
+        assert b == 2 and [len(x) for x in batches] == [b] * 4
+        assert sum(batches, []) == [data[i % 9][1] for i in range(4 * b)]  # in order, each once per pass
+    else:
+        assert [len(x) for x in batches] == [64] * 4

@@ -8,7 +8,7 @@ family (``FAMILY_STEPS``), from the step's inputs to its token loss:
   advantage, stability weight, PPO-clip token loss;
 - ``gkd_step``: the same rollouts, full-vocabulary generalized JSD to the teacher instead;
 - ``sft_step`` (sft, seqkd, time-separated stage 1): teacher-forced NLL on a batch of
-  cached teacher responses instead of sampling.
+  cached teacher responses instead of sampling (stage 1: PTS's responses, as PTS uses them).
 
 The loop then adds the PTS anchor loss where the run has it, takes the optimiser step,
 logs, evaluates and checkpoints. Every formula comes from ``workbench.algo``.
@@ -393,12 +393,24 @@ def gkd_step(s: Setup, step: int, gen: torch.Generator) -> StepOut:
 
 
 def sft_step(s: Setup, step: int, gen: torch.Generator) -> StepOut:
-    """sft, seqkd, time-separated stage 1: teacher-forced NLL on cached teacher responses,
-    P * G sequences a step (``gen`` is not drawn from)."""
+    """sft, seqkd, time-separated stage 1: teacher-forced NLL on cached teacher responses
+    (``gen`` is not drawn from). The batch depends on (seed, step) only, so that a resumed
+    run sees the same batches:
+
+    - ``sft.teacher_budget: pool``: P * G sequences a step, drawn at random from the data;
+    - ``pts``: the responses in order, as many a step as an active PTS step anchors on
+      (``pts_prompts_per_step``), so that stage 1 uses PTS's teacher data as PTS does,
+      about once each, rather than the P * G a step that made it ~87 passes over ~200
+      responses (issue #12)."""
     cfg = s.cfg
     P, G = cfg.rollout.prompts_per_step, cfg.rollout.group_size
-    rng = random.Random(f"sft:{cfg.seed}:{step}")  # load-bearing for resuming: the batch from (seed, step)
-    pairs = [s.sft_data[rng.randrange(len(s.sft_data))] for _ in range(P * G)]
+    n = len(s.sft_data)
+    if cfg.sft.teacher_budget == "pts":
+        b = A.pts_prompts_per_step(P, cfg.pts.teacher_sampling_ratio)
+        pairs = [s.sft_data[(step * b + j) % n] for j in range(b)]
+    else:
+        rng = random.Random(f"sft:{cfg.seed}:{step}")
+        pairs = [s.sft_data[rng.randrange(n)] for _ in range(P * G)]
     t0 = time.time()
     ids, mask = pack([p for p, _ in pairs], [r for _, r in pairs], s.device)  # "sampling" is batching here
     timing = {"sample": time.time() - t0}

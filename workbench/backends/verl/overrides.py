@@ -564,8 +564,13 @@ def _sft_job(cfg: RunConfig, scale: VerlScale, seed: int, run_id: str, paths: Ru
 
     sft = scale.sft
     P, G = scale.batch.prompts_per_step, scale.batch.group_size
-    budget = None
+    budget, batch = None, P * G  # P * G sequences per optimizer step, the PPO runs' trajectory count
     if cfg.sft.teacher_budget == "pts":
+        # PTS's teacher data, used as PTS uses it: as many responses a step as an active PTS
+        # step anchors on, about once each (the mini trainer's sft_step does the same),
+        # rounded up to a multiple of the GPUs, which verl's SFT trainer splits it over
+        per_step, gpus = A.pts_prompts_per_step(P, cfg.pts.teacher_sampling_ratio), scale.cluster.gpus_per_node
+        batch = -(-per_step // gpus) * gpus
         budget = A.pts_teacher_prompts(
             scale.train.steps,
             P,
@@ -592,8 +597,7 @@ def _sft_job(cfg: RunConfig, scale: VerlScale, seed: int, run_id: str, paths: Ru
         f"data.train_files={_v(data_file)}",
         "data.val_files=null",
         "data.messages_key=messages",
-        # P * G sequences per optimizer step, the PPO runs' trajectory count
-        f"data.train_batch_size={P * G}",
+        f"data.train_batch_size={batch}",
         f"data.micro_batch_size_per_gpu={sft.micro_batch_size_per_gpu}",
         f"data.max_length={sft.max_length}",
         "data.truncation=error",

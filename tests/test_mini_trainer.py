@@ -441,6 +441,6 @@ def test_time_separated_stage1_uses_pts_teacher_data_as_pts_does(run, smoke_worl
     if run == "timesep-stage1":
         b = A.pts_prompts_per_step(16, cfg.pts.teacher_sampling_ratio)
         assert b == 2 and [len(x) for x in batches] == [b] * 4
-        assert sum(batches, []) == [data[i % 9][1] for i in range(4 * b)]  # in order, each once per pass
+        assert [r for x in batches for r in x] == [data[i % 9][1] for i in range(4 * b)]  # in order, each once per pass
     else:
         assert [len(x) for x in batches] == [64] * 4

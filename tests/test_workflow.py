@@ -79,6 +79,11 @@ def test_only_the_runs_a_figure_draws_evaluate_during_training(tmp_path):
         run = re.search(r"runs/([\w.-]+)\.yaml", line).group(1)
         assert ("--set train.eval_every=0" not in line) == G.evaluates_during_training(run), run
     assert {r for r in G.run_ids() if G.evaluates_during_training(r)} == {"opd", "exopd-1.25", "sgopd"}
+    # Longest jobs first: each training job's priority is the training it starts.
+    prio = dict(re.findall(r"wildcards: run=([\w.-]+), seed=0\n\s+priority: (\d+)", out))
+    assert {r: int(p) for r, p in prio.items()} == {r: G.train_priority(r, "mini") for r in G.run_ids()}
+    assert G.train_priority("timesep-stage1", "mini") > G.train_priority("timesep-1.5", "mini") > G.train_priority("sft", "mini")
+    assert G.train_priority("opd", "mini") > G.train_priority("seqkd", "mini")
 
 
 def test_bad_workflow_config_fails_before_any_job(tmp_path):

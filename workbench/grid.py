@@ -223,6 +223,29 @@ def evaluates_during_training(run: str) -> bool:
     return run in FIGURE_RUNS[OVER_TRAINING_FIGURE]
 
 
+#: An on-policy step samples rollouts and scores them with the teacher before its update; an
+#: SFT-family step only updates: about 5 SFT steps each on world v2 (1.004 s / 0.206 s,
+#: benchmarks/results/grid_speed.md).
+ON_POLICY_STEP_COST = 5
+
+
+def train_cost(run: str, scale: str) -> int:
+    """A grid run's expected training time at ``scale``, in SFT steps (a rough estimate)."""
+    from workbench.methods import METHODS
+
+    cfg = resolve_config(run_file(run), scale=scale)
+    per_step = 1 if METHODS.get(cfg.method).family == "sft" else ON_POLICY_STEP_COST
+    return cfg.train.total_steps * per_step
+
+
+def train_priority(run: str, scale: str) -> int:
+    """Snakemake priority of a run's training job: the longest chain of training it starts
+    (its own cost, plus the longest run that starts from its checkpoint), so that the
+    longest jobs start first and the cores are not left with one long job at the end."""
+    after = [train_cost(r, scale) for r in run_ids() if init_from(r) == run]
+    return train_cost(run, scale) + max(after, default=0)
+
+
 def extra_evals(runs: list[str]) -> list[str]:
     """The extra evaluations a grid subset needs (a checkpoint's only when its run is trained)."""
     return [e for e, x in FACTS.extra_evals.items() if x.run is None or x.run in runs]

@@ -92,6 +92,11 @@ def train_init(wildcards):
     return G.init_inputs(wildcards.run, f"{R}/runs", wildcards.seed)
 
 
+def train_priority(wildcards):
+    """Longest jobs first (workbench.grid.train_priority)."""
+    return G.train_priority(wildcards.run, SCALE.name)
+
+
 def train_run_dir(wildcards):
     return f"{R}/runs/{wildcards.run}/seed{wildcards.seed}"
 

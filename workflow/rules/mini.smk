@@ -25,6 +25,7 @@ rule train:
     log:
         f"{R}/logs/train/{{run}}-seed{{seed}}.log",
     threads: SCALE.threads
+    priority: train_priority
     params:
         run_dir=train_run_dir,
         evals=train_evals,

@@ -324,3 +324,26 @@ def test_the_pure_functions_defaults_are_the_run_configs():
         for key, value in config_values.items():
             assert key in fn_defaults, f"{fn.__name__} has no default for {key}"
             assert fn_defaults[key] == value, f"{fn.__name__}({key}={fn_defaults[key]!r}) but the config's default is {value!r}"
+
+
+def test_a_scale_sets_the_learning_rate_once_per_method_family(tmp_path):
+    """experiments/scales/mini.yaml calibrates lr per family (docs/mini-world.md); --set wins,
+    and a family the registry does not know is refused, naming the valid ones."""
+    from workbench import grid as G
+
+    runs = {"opd": "pg", "sgopd": "pg", "grpo": "pg", "timesep-1.5": "pg", "gkd": "gkd", "seqkd": "sft", "timesep-stage1": "sft"}
+    mini = G.load_scale("mini")
+    for run, family in runs.items():
+        assert METHODS.get(load_config(G.run_file(run)).method).family == family
+        cfg = G.resolve_config(G.run_file(run), scale="mini")
+        assert cfg.optim.lr == mini.family_overrides[family]["optim"]["lr"], run
+        assert G.resolve_config(G.run_file(run), scale="mini", overrides=["optim.lr=0.02"]).optim.lr == 0.02
+        assert G.resolve_config(G.run_file(run), scale="smoke").optim.lr == RunConfig().optim.lr  # smoke sets none
+    assert (
+        G.resolve_config(G.run_file("seqkd"), scale="mini", overrides=["method=opd"]).optim.lr
+        == mini.family_overrides["pg"]["optim"]["lr"]
+    )
+    (tmp_path / "scales").mkdir()
+    (tmp_path / "scales" / "bad.yaml").write_text("family_overrides: {imitation: {optim: {lr: 0.1}}}\n")
+    with pytest.raises(ConfigError, match="gkd, pg, sft"):
+        G.load_scale("bad", experiments=tmp_path)

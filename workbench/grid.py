@@ -17,6 +17,7 @@ Layout::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -49,6 +50,9 @@ class Scale:
     overrides: Mapping[str, Any]
     threads: int = 1
     caveat: str | None = None  # printed at the top of the scale's report (smoke: the numbers mean nothing)
+    # method family (workbench.methods: sft, pg, gkd) -> overrides for that family's runs only,
+    # applied after ``overrides`` (the learning rate calibrated once per family)
+    family_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def run_ids(experiments: Path = EXPERIMENTS) -> list[str]:
@@ -81,9 +85,14 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
     d = read_yaml(path, what="scale") or {}
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: a scale must be a mapping, got {type(d).__name__}")
-    unknown = set(d) - {"backend", "world", "seeds", "overrides", "threads", "caveat"}
+    keys = ("backend", "world", "seeds", "overrides", "family_overrides", "threads", "caveat")
+    unknown = set(d) - set(keys)
     if unknown:
-        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: backend, world, seeds, overrides, threads, caveat")
+        raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(keys)}")
+    families = sorted({m.family for m in _methods().values()})
+    by_family = d.get("family_overrides") or {}
+    if not isinstance(by_family, dict) or set(by_family) - set(families):
+        raise ConfigError(f"{path}: family_overrides must map method families ({', '.join(families)}) to overrides")
     return Scale(
         name=name,
         backend=d.get("backend", "mini"),
@@ -92,11 +101,19 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
         overrides=d.get("overrides") or {},
         threads=int(d.get("threads", 1)),
         caveat=d.get("caveat"),
+        family_overrides=by_family,
     )
 
 
-def scale_overrides(scale: Scale) -> dict[str, Any]:
-    """The scale's overrides as dotted keys (what ``load_config(..., overrides)`` takes)."""
+def _methods():
+    from workbench.methods import METHODS
+
+    return {name: METHODS.get(name) for name in METHODS.names()}
+
+
+def scale_overrides(scale: Scale, family: str | None = None) -> dict[str, Any]:
+    """The scale's overrides as dotted keys (what ``load_config(..., overrides)`` takes), with
+    those of the method ``family`` after them."""
     out: dict[str, Any] = {}
 
     def walk(d: Mapping[str, Any], prefix: str) -> None:
@@ -107,6 +124,7 @@ def scale_overrides(scale: Scale) -> dict[str, Any]:
                 out[f"{prefix}{k}"] = v
 
     walk(scale.overrides, "")
+    walk(scale.family_overrides.get(family) or {}, "")
     return out
 
 
@@ -271,14 +289,17 @@ Overrides = Iterable[str] | Mapping[str, Any]
 
 
 def resolve_config(config: str | Path | RunConfig, *, scale: str | None = None, overrides: Overrides = ()) -> RunConfig:
-    """A run config with the scale's overrides, then ``overrides`` (``--set``), applied."""
+    """A run config with the scale's overrides (those of the run's method family last), then
+    ``overrides`` (``--set``), applied."""
     from workbench.config import RunConfig, load_config
 
+    listed = listed_overrides(overrides)
     layered: dict[str, Any] = {}
     if scale is not None:
         s = load_scale(scale)
-        layered.update({**scale_overrides(s), "backend": s.backend})
-    layered.update(listed_overrides(overrides))
+        method = (config.with_overrides(listed) if isinstance(config, RunConfig) else load_config(config, listed)).method
+        layered.update({**scale_overrides(s, _methods()[method].family), "backend": s.backend})
+    layered.update(listed)
     return config.with_overrides(layered) if isinstance(config, RunConfig) else load_config(config, layered)
 
 

@@ -25,10 +25,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from workbench.errors import UserError
 from workbench.io import atomic_write_json
+from workbench.methods import METHODS, Family
 from workbench.registry import UnknownNameError
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
     unknown = set(d) - set(keys)
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(keys)}")
-    families = sorted({m.family for m in _methods().values()})
+    families = sorted(get_args(Family))
     by_family = d.get("family_overrides") or {}
     if not isinstance(by_family, dict) or set(by_family) - set(families):
         raise ConfigError(f"{path}: family_overrides must map method families ({', '.join(families)}) to overrides")
@@ -103,12 +104,6 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
         caveat=d.get("caveat"),
         family_overrides=by_family,
     )
-
-
-def _methods():
-    from workbench.methods import METHODS
-
-    return {name: METHODS.get(name) for name in METHODS.names()}
 
 
 def scale_overrides(scale: Scale, family: str | None = None) -> dict[str, Any]:
@@ -247,10 +242,9 @@ def evaluates_during_training(run: str) -> bool:
 ON_POLICY_STEP_COST = 5
 
 
+@cache  # Snakemake asks for every job's priority, and each asks for several runs' costs
 def train_cost(run: str, scale: str) -> int:
     """A grid run's expected training time at ``scale``, in SFT steps (a rough estimate)."""
-    from workbench.methods import METHODS
-
     cfg = resolve_config(run_file(run), scale=scale)
     per_step = 1 if METHODS.get(cfg.method).family == "sft" else ON_POLICY_STEP_COST
     return cfg.train.total_steps * per_step
@@ -298,7 +292,7 @@ def resolve_config(config: str | Path | RunConfig, *, scale: str | None = None, 
     if scale is not None:
         s = load_scale(scale)
         method = (config.with_overrides(listed) if isinstance(config, RunConfig) else load_config(config, listed)).method
-        layered.update({**scale_overrides(s, _methods()[method].family), "backend": s.backend})
+        layered.update({**scale_overrides(s, METHODS.get(method).family), "backend": s.backend})
     layered.update(listed)
     return config.with_overrides(layered) if isinstance(config, RunConfig) else load_config(config, layered)
 

@@ -730,7 +730,7 @@ def test_a_study_resumed_with_another_trial_count_is_refused(sandbox, capsys, mo
 def test_sigterm_is_a_keyboard_interrupt_so_runs_end_killed_and_resume():
     # The Tracker marks a run KILLED (resumable) on any KeyboardInterrupt, and a search trial
     # is re-queued on one: SIGTERM must arrive as one (tests/test_tracking.py covers KILLED).
-    from workbench.cli import Terminated
+    from workbench.stops import Terminated
 
     assert issubclass(Terminated, KeyboardInterrupt) and not issubclass(Terminated, Exception)
 

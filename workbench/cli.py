@@ -562,25 +562,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C where the process is: cleanups run, a ``Tracker`` marks its
-    MLflow run KILLED (resumable), a search trial is re-queued; ``main`` then exits 143."""
-
-
-def _sigterm_handler(pid: int):
-    def handler(signum, frame):
-        import os
-        import signal
-
-        if os.getpid() != pid:  # a forked child (a worker pool): just end, as SIGTERM asks
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
-        raise Terminated("SIGTERM")
-
-    return handler
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one verb. A user's mistake (``UserError``) is one line on stderr and exit 2;
     ``--debug`` shows its traceback. Anything else is a bug and keeps its traceback.
@@ -588,7 +569,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     exits 1 quietly."""
     import contextlib
     import errno
-    import functools
     import os
     import signal
 
@@ -597,14 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv or bool(os.environ.get("WORKBENCH_DEBUG"))
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     handler: Handler = args.handler
+    from workbench import stops
     from workbench.errors import UserError
 
-    restore = None
-    try:
-        previous = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
-        restore = functools.partial(signal.signal, signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-    except ValueError:  # not the main thread (an embedding caller): leave signals alone
-        pass
+    restore = stops.install(os.getpid())
     try:
         rc = handler(args)
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
@@ -632,12 +608,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         if debug:
             raise
-        term = isinstance(e, Terminated)
+        term = isinstance(e, stops.Terminated)
         print("interrupted by SIGTERM" if term else "interrupted", file=sys.stderr)
         return 128 + (signal.SIGTERM if term else signal.SIGINT)
     finally:
-        if restore is not None:
-            restore()
+        restore()
         if as_program:
             # The verb is over and its exit status decided: a stop that lands during interpreter
             # shutdown (torch's atexit hooks) would only print a traceback.

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from workbench import stops
+
 from .task import Problem
 from .tokenizer import EOS_ID, PAD_ID
 
@@ -48,6 +50,7 @@ def generate(
     rows (a finished row's draw is discarded), so a row's tokens do not depend on when the
     others finish.
     """
+    stops.check()  # every evaluation and teacher-data loop passes here (see workbench.stops)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

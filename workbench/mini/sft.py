@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from workbench import stops
+
 from .tokenizer import PAD_ID
 from .world import WorldSFT
 
@@ -79,6 +81,7 @@ def sft_train(
     run_loss = None
     every = max(1, cfg.steps // 10)
     for step in range(cfg.steps):
+        stops.check()  # a stop Python dropped (see workbench.stops)
         if not queue:
             block = [next(pairs_iter) for _ in range(cfg.batch_size * cfg.bucket)]
             block.sort(key=lambda pr: len(pr[0]) + len(pr[1]))

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 import transformers
 
 import workbench.algo as A
+from workbench import stops
 from workbench.config import ADAM_BETAS, RunConfig
 from workbench.io import atomic_dir, atomic_write_text, move_aside
 from workbench.methods import METHODS, Method
@@ -562,6 +563,7 @@ def train(
     student.train()
 
     for step in range(start, steps):
+        stops.check()  # a stop Python dropped (it landed in a callback) ends the run here
         t_step = time.time()
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)

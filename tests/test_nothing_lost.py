@@ -354,6 +354,23 @@ def test_a_stop_that_python_drops_is_raised_again_at_the_next_step(capsys, sig):
     stops.check()  # the verb is over: the stop does not reach the next one
 
 
+def test_a_process_started_with_ctrl_c_ignored_keeps_ignoring_it():
+    # A background job (`cmd &` in a script, nohup) starts with SIGINT ignored; Python leaves
+    # it so, and so must the CLI's handlers. SIGTERM still stops it.
+    from workbench import stops
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        restore = stops.install(os.getpid())
+        try:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        finally:
+            restore()
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_a_training_run_whose_stop_python_dropped_ends_killed_and_resumes(smoke_world, tmp_path, store, capsys, monkeypatch):
     import workbench.mini.trainer as T
 

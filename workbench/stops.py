@@ -71,7 +71,10 @@ def install(pid: int) -> Callable[[], None]:
     previous: dict[int, Any] = {}
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _handler(pid))
+            # A process started with Ctrl-C ignored (a background job, nohup) keeps ignoring
+            # it, as Python itself does; SIGTERM always stops.
+            if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, _handler(pid))
     except ValueError:  # not the main thread (an embedding caller): leave signals alone
         pass
     hook = sys.unraisablehook

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-_asked: int | None = None  # the signal of a stop that was asked for, until the process ends
+_asked: int | None = None  # the signal of a stop asked of the running verb (install() to restore())
 
 
 class Terminated(KeyboardInterrupt):
@@ -76,7 +76,7 @@ def install(pid: int) -> Callable[[], None]:
             if sig == signal.SIGTERM or signal.getsignal(sig) is not signal.SIG_IGN:
                 previous[sig] = signal.signal(sig, _handler(pid))
     except ValueError:  # not the main thread (an embedding caller): leave signals alone
-        pass
+        return lambda: None
     hook = sys.unraisablehook
     sys.unraisablehook = _quiet_dropped_stops(hook)
 

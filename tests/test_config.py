@@ -331,7 +331,15 @@ def test_a_scale_sets_the_learning_rate_once_per_method_family(tmp_path):
     and a family the registry does not know is refused, naming the valid ones."""
     from workbench import grid as G
 
-    runs = {"opd": "pg", "sgopd": "pg", "grpo": "pg", "timesep-1.5": "pg", "gkd": "gkd", "seqkd": "sft", "timesep-stage1": "sft"}
+    runs = {
+        "opd": "pg",
+        "sgopd": "pg",
+        "grpo": "pg",
+        "timesep-1.5": "pg",
+        "gkd": "gkd",
+        "seqkd": "sft",
+        "sft-equal-compute": "sft",
+    }
     mini = G.load_scale("mini")
     for run, family in runs.items():
         assert METHODS.get(load_config(G.run_file(run)).method).family == family
@@ -346,4 +354,31 @@ def test_a_scale_sets_the_learning_rate_once_per_method_family(tmp_path):
     (tmp_path / "scales").mkdir()
     (tmp_path / "scales" / "bad.yaml").write_text("family_overrides: {imitation: {optim: {lr: 0.1}}}\n")
     with pytest.raises(ConfigError, match="gkd, pg, sft"):
+        G.load_scale("bad", experiments=tmp_path)
+
+
+def test_timesep_stage1_takes_the_imitation_rate_scaled_to_its_batch(tmp_path):
+    """timesep-stage1 steps on PTS's anchor batch (rho * P sequences), where the imitation
+    family's rate was calibrated on seqkd's P * G: the mini scale gives it the family's rate
+    times sqrt(batch ratio) (square-root rule for Adam), after the family's; --set still
+    wins; no other run is touched; a run_overrides key that is not a run is refused,
+    naming the valid runs."""
+    from workbench import grid as G
+    from workbench.algo.schedule import pts_prompts_per_step
+
+    mini = G.load_scale("mini")
+    cfg = G.resolve_config(G.run_file("timesep-stage1"), scale="mini")
+    seqkd = G.resolve_config(G.run_file("seqkd"), scale="mini")
+    assert cfg.sft.teacher_budget == "pts" and seqkd.sft.teacher_budget == "pool"
+    b = pts_prompts_per_step(cfg.rollout.prompts_per_step, cfg.pts.teacher_sampling_ratio)
+    family_batch = seqkd.rollout.prompts_per_step * seqkd.rollout.group_size
+    assert (b, family_batch) == (4, 256)
+    assert cfg.optim.lr == pytest.approx(mini.family_overrides["sft"]["optim"]["lr"] * (b / family_batch) ** 0.5)
+    assert G.resolve_config(G.run_file("timesep-stage1"), scale="mini", overrides=["optim.lr=0.02"]).optim.lr == 0.02
+    assert set(mini.run_overrides) == {"timesep-stage1"}
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "opd.yaml").write_text("name: opd\nmethod: opd\n")
+    (tmp_path / "scales").mkdir()
+    (tmp_path / "scales" / "bad.yaml").write_text("run_overrides: {timesep: {optim: {lr: 0.1}}}\n")
+    with pytest.raises(ConfigError, match=r"run_overrides must map runs \(opd\)"):
         G.load_scale("bad", experiments=tmp_path)

@@ -54,6 +54,9 @@ class Scale:
     # method family (workbench.methods: sft, pg, gkd) -> overrides for that family's runs only,
     # applied after ``overrides`` (the learning rate calibrated once per family)
     family_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # run id (experiments/runs) -> overrides for that run only, applied after its family's
+    # (a run whose batch differs from the one its family's rate was calibrated at)
+    run_overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def run_ids(experiments: Path = EXPERIMENTS) -> list[str]:
@@ -86,7 +89,7 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
     d = read_yaml(path, what="scale") or {}
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: a scale must be a mapping, got {type(d).__name__}")
-    keys = ("backend", "world", "seeds", "overrides", "family_overrides", "threads", "caveat")
+    keys = ("backend", "world", "seeds", "overrides", "family_overrides", "run_overrides", "threads", "caveat")
     unknown = set(d) - set(keys)
     if unknown:
         raise ConfigError(f"{path}: unknown keys {sorted(unknown)}; valid: {', '.join(keys)}")
@@ -94,6 +97,9 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
     by_family = d.get("family_overrides") or {}
     if not isinstance(by_family, dict) or set(by_family) - set(families):
         raise ConfigError(f"{path}: family_overrides must map method families ({', '.join(families)}) to overrides")
+    by_run = d.get("run_overrides") or {}
+    if not isinstance(by_run, dict) or set(by_run) - set(run_ids(experiments)):
+        raise ConfigError(f"{path}: run_overrides must map runs ({', '.join(run_ids(experiments))}) to overrides")
     return Scale(
         name=name,
         backend=d.get("backend", "mini"),
@@ -103,12 +109,13 @@ def load_scale(name: str, experiments: Path = EXPERIMENTS) -> Scale:
         threads=int(d.get("threads", 1)),
         caveat=d.get("caveat"),
         family_overrides=by_family,
+        run_overrides=by_run,
     )
 
 
-def scale_overrides(scale: Scale, family: str | None = None) -> dict[str, Any]:
+def scale_overrides(scale: Scale, family: str | None = None, run: str | None = None) -> dict[str, Any]:
     """The scale's overrides as dotted keys (what ``load_config(..., overrides)`` takes), with
-    those of the method ``family`` after them."""
+    those of the method ``family``, then those of the ``run``, after them."""
     out: dict[str, Any] = {}
 
     def walk(d: Mapping[str, Any], prefix: str) -> None:
@@ -120,6 +127,7 @@ def scale_overrides(scale: Scale, family: str | None = None) -> dict[str, Any]:
 
     walk(scale.overrides, "")
     walk(scale.family_overrides.get(family) or {}, "")
+    walk(scale.run_overrides.get(run) or {}, "")
     return out
 
 
@@ -283,16 +291,16 @@ Overrides = Iterable[str] | Mapping[str, Any]
 
 
 def resolve_config(config: str | Path | RunConfig, *, scale: str | None = None, overrides: Overrides = ()) -> RunConfig:
-    """A run config with the scale's overrides (those of the run's method family last), then
-    ``overrides`` (``--set``), applied."""
+    """A run config with the scale's overrides (then those of the run's method family, then
+    those of the run itself), then ``overrides`` (``--set``), applied."""
     from workbench.config import RunConfig, load_config
 
     listed = listed_overrides(overrides)
     layered: dict[str, Any] = {}
     if scale is not None:
         s = load_scale(scale)
-        method = (config.with_overrides(listed) if isinstance(config, RunConfig) else load_config(config, listed)).method
-        layered.update({**scale_overrides(s, METHODS.get(method).family), "backend": s.backend})
+        base = config.with_overrides(listed) if isinstance(config, RunConfig) else load_config(config, listed)
+        layered.update({**scale_overrides(s, METHODS.get(base.method).family, base.name), "backend": s.backend})
     layered.update(listed)
     return config.with_overrides(layered) if isinstance(config, RunConfig) else load_config(config, layered)
 

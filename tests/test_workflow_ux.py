@@ -342,3 +342,21 @@ def test_the_readmes_notebook_command_runs_after_setup(smoke_store, tmp_path):
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (out / "fig4_avg_bars.png").stat().st_size > 5_000
+
+
+def test_progress_lines_show_a_reward_only_for_methods_that_sample(capsys):
+    """An SFT-family step has no reward: its log line says nothing about one (it used to
+    print ``reward nan``); an on-policy step shows its mean reward."""
+    from workbench.mini.trainer import Progress
+
+    sft, pg = Progress(20, every=10), Progress(10, every=10)
+    for i in range(20):
+        sft.update(i, 0, {"train/loss": 0.5})
+    for i in range(10):
+        pg.update(i, 0, {"train/loss": 0.5, "train/reward_mean": 0.25})
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.rsplit(" eta", 1)[0] for line in lines] == [
+        "step 10/20 loss 0.5000",
+        "step 20/20 loss 0.5000",
+        "step 10/10 reward 0.250 loss 0.5000",
+    ]

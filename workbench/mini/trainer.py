@@ -488,10 +488,9 @@ class Progress:
         done = step + 1
         rate = (time.time() - self.t0) / max(done - start, 1)
         eta = rate * (self.total - done)
-        line = (
-            f"step {done}/{self.total} reward {metrics.get('train/reward_mean', float('nan')):.3f} "
-            f"loss {metrics['train/loss']:.4f} eta {eta:5.0f}s"
-        )
+        # the SFT family samples nothing, so it has no reward to show
+        reward = f"reward {metrics['train/reward_mean']:.3f} " if "train/reward_mean" in metrics else ""
+        line = f"step {done}/{self.total} {reward}loss {metrics['train/loss']:.4f} eta {eta:5.0f}s"
         if self.tty:
             print("\r" + line, end="" if done < self.total else "\n", file=sys.stderr, flush=True)
         elif done % self.every == 0 or done == self.total:

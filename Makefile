@@ -52,9 +52,10 @@ reproduce: setup
 	$(BIN)/python workflow/unlock_stale.py
 	$(BIN)/snakemake --cores 2 $(ARGS)
 
-# The default suite (slow tests excluded); pytest exits non-zero when nothing ran.
+# The default suite (slow tests excluded); pytest exits non-zero when nothing ran. The 20
+# slowest tests are listed at the end, so that every CI log shows where the suite's time goes.
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=20
 
 test-all: setup
 	$(BIN)/python -m pytest -q

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
+
+
+def pytest_configure(config):
+    # The suite stops its subprocesses with SIGINT, as a user's Ctrl-C would. A test run
+    # started as a background job (`make test &` in a script, nohup) inherits SIGINT ignored,
+    # and so would every process it starts, which then rightly ignore the SIGINT (a training
+    # run, the stop tests' own stopper): give the run the default handler, which children
+    # inherit as the default action.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

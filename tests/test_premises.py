@@ -382,3 +382,21 @@ def test_grid_premises_name_runs_or_extra_evaluations(tmp_path):
     facts.write_text(text[: text.index("premises:")] + text[text.index("# The runs each figure draws") :])
     with pytest.raises(UserError, match=r"top level: keys \['claims', 'extra_evals', 'figures'\]; valid: .*premises"):
         G.load_facts(experiments)
+
+
+def test_runs_csv_values_carry_no_float_noise():
+    """A mean of avg@k such as (71.125 + 52.25 + 14.125 + 9.5) / 4 prints as 36.75, not as
+    36.75000000000001; the exact values a grid gives (multiples of 2^-5 points) survive."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from workbench.analysis.report import runs_table
+
+    noisy = sum([71.125, 52.25, 14.125, 9.5]) / 4 + 1e-14
+    frame = pd.DataFrame(
+        {"run": ["opd", "opd"], "seed": [0, 1], "method": ["opd", "opd"], "metrics.eval/avg_at_k": [noisy, 33.03125]}
+    )
+    table = runs_table(SimpleNamespace(runs=frame))
+    assert table["value"].tolist() == [36.75, 33.03125]
+    assert table.to_csv(index=False).splitlines()[1:] == ["opd,0,opd,eval/avg_at_k,36.75", "opd,1,opd,eval/avg_at_k,33.03125"]

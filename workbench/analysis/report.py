@@ -266,7 +266,9 @@ def _premises_md(premises: Sequence[P.Premise], have_manifest: bool) -> list[str
 def runs_table(runs):
     """Every final ``eval/`` avg@k and pass@k (AVG and per benchmark) as a tidy frame:
     ``RUNS_CSV_COLUMNS``, one row per run x seed x metric, sorted. The method is the run's
-    tag, else its config's (an extra evaluation), else its label."""
+    tag, else its config's (an extra evaluation), else its label. Values are rounded to 6
+    decimals: a mean of avg@k is a multiple of 2^-5 points or coarser, so this drops only
+    float noise (36.75000000000001)."""
     import pandas as pd
 
     frame = runs.runs
@@ -276,7 +278,7 @@ def runs_table(runs):
         method = next((m for m in (r.get("method"), r.get("params.method")) if isinstance(m, str) and m), r["run"])
         for c in metrics:
             if pd.notna(r[c]):
-                rows.append((r["run"], int(r["seed"]), method, c[len("metrics.") :], float(r[c])))
+                rows.append((r["run"], int(r["seed"]), method, c[len("metrics.") :], round(float(r[c]), 6)))
     table = pd.DataFrame(rows, columns=RUNS_CSV_COLUMNS)
     return table.sort_values(["run", "seed", "metric"], ignore_index=True)
 
